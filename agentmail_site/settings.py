@@ -1,0 +1,160 @@
+"""Settings for agentmail-smtp: the one place the environment is read.
+
+Every variable is documented in `.env.example` and the README's configuration table.
+An optional `.env` file in the project root is read first; real environment
+variables win over it.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DEBUG: bool = env.bool("DEBUG", default=False)
+
+_DEV_SECRET_KEY = "django-insecure-development-only-key-never-use-in-production"
+SECRET_KEY: str = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
+    SECRET_KEY = _DEV_SECRET_KEY
+
+ALLOWED_HOSTS: list[str] = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "inboxes",
+    "apikeys",
+    "smtpgateway",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "agentmail_site.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "agentmail_site.wsgi.application"
+
+# --- Database ------------------------------------------------------------------
+# SQLite is the embedded default; PostgreSQL works by changing DATABASE_URL only.
+# DATABASE_TIMEOUT bounds how long one query may wait on a lock (SQLite busy
+# timeout, PostgreSQL lock_timeout/statement_timeout): an SMTP client gets a 4xx
+# after that instead of hanging.
+DATABASE_TIMEOUT: float = env.float("DATABASE_TIMEOUT", default=5.0)
+
+DATABASES = {
+    "default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+}
+_db = DATABASES["default"]
+_db["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=600)
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    _db.setdefault("OPTIONS", {}).update(
+        {
+            # WAL lets the admin read while the gateway writes; synchronous=FULL
+            # makes every commit durable, so a 250 survives a power cut too.
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL",
+            # Take the write lock at BEGIN: no read-to-write upgrade deadlocks.
+            "transaction_mode": "IMMEDIATE",
+            "timeout": DATABASE_TIMEOUT,
+        }
+    )
+    # Tests share one database file between the test thread, the gateway's
+    # worker threads and gateway subprocesses, so it must be a real file.
+    _db["TEST"] = {"NAME": env.str("TEST_DATABASE_NAME", default=str(BASE_DIR / "test-db.sqlite3"))}
+elif _db["ENGINE"] in ("django.db.backends.postgresql",):
+    _timeout_ms = int(DATABASE_TIMEOUT * 1000)
+    _db.setdefault("OPTIONS", {}).update(
+        {
+            "connect_timeout": max(1, int(DATABASE_TIMEOUT)),
+            "options": f"-c lock_timeout={_timeout_ms} -c statement_timeout={_timeout_ms}",
+        }
+    )
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "static"
+
+# --- SMTP gateway ----------------------------------------------------------------
+SMTP_HOST: str = env.str("SMTP_HOST", default="127.0.0.1")
+SMTP_PORT: int = env.int("SMTP_PORT", default=2525)
+SMTP_HOSTNAME: str = env.str("SMTP_HOSTNAME", default=socket.gethostname())
+SMTP_MAX_MESSAGE_SIZE: int = env.int("SMTP_MAX_MESSAGE_SIZE", default=10 * 1024 * 1024)
+SMTP_MAX_RECIPIENTS: int = env.int("SMTP_MAX_RECIPIENTS", default=100)
+# Plaintext AUTH is allowed until TLS is configured; see the README's AUTH policy.
+SMTP_AUTH_REQUIRE_TLS: bool = env.bool("SMTP_AUTH_REQUIRE_TLS", default=False)
+# Threads that run the gateway's database work (each holds one DB connection).
+# One is right for SQLite, which has a single writer; raise it for PostgreSQL.
+SMTP_DB_WORKERS: int = env.int("SMTP_DB_WORKERS", default=1)
+SMTP_LISTEN_BACKLOG: int = env.int("SMTP_LISTEN_BACKLOG", default=1024)
+# AuthAttempt records kept in memory while the database cannot take them.
+SMTP_AUTH_BACKLOG_MAX: int = env.int("SMTP_AUTH_BACKLOG_MAX", default=10_000)
+
+# --- Logging ---------------------------------------------------------------------
+LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+    },
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "smtpgateway": {"level": LOG_LEVEL},
+        "apikeys": {"level": LOG_LEVEL},
+        "inboxes": {"level": LOG_LEVEL},
+        # aiosmtpd logs every command line at INFO and some client input at
+        # WARNING; our own logger says what matters without echoing client bytes.
+        "mail.log": {"level": "ERROR"},
+    },
+}

@@ -1,0 +1,92 @@
+"""Admin for organizations, inboxes and accepted messages."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from inboxes.models import Inbox, Message, Organization
+
+
+@admin.register(Organization)
+class OrganizationAdmin(admin.ModelAdmin):
+    list_display = ("public_id", "name", "created_at")
+    search_fields = ("public_id", "name")
+    readonly_fields = ("created_at",)
+
+
+def _status_action(status: Inbox.Status, verb: str):  # type: ignore[no-untyped-def]
+    @admin.action(description=f"{verb} selected inboxes")
+    def action(modeladmin: InboxAdmin, request: HttpRequest, queryset: QuerySet[Inbox]) -> None:
+        count = queryset.update(status=status)
+        modeladmin.message_user(request, f"{count} inbox(es) now {status.label.lower()}.", messages.SUCCESS)
+
+    action.__name__ = f"make_{status.value}"
+    return action
+
+
+@admin.register(Inbox)
+class InboxAdmin(admin.ModelAdmin):
+    list_display = ("inbox_id", "email", "display_name", "organization", "status", "created_at")
+    list_filter = ("status", "organization")
+    list_select_related = ("organization",)
+    search_fields = ("inbox_id", "email", "display_name")
+    readonly_fields = ("created_at",)
+    actions = [
+        _status_action(Inbox.Status.ACTIVE, "Enable"),
+        _status_action(Inbox.Status.DISABLED, "Disable"),
+        _status_action(Inbox.Status.SUSPENDED, "Suspend"),
+    ]
+
+
+class MessageChangeList(ChangeList):
+    def get_queryset(self, request: HttpRequest, exclude_parameters: list[str] | None = None) -> QuerySet[Message]:
+        # The list never shows bodies, which can be megabytes each.
+        return super().get_queryset(request, exclude_parameters).defer("raw")
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    """Read-only: messages are written by the gateway only."""
+
+    list_display = ("queue_id", "inbox", "envelope_from", "recipient_count", "subject", "size", "status", "created_at")
+    list_filter = ("status", "inbox__organization")
+    list_select_related = ("inbox",)
+    search_fields = ("queue_id", "message_id", "subject", "envelope_from", "inbox__inbox_id")
+    date_hierarchy = "created_at"
+    fields = (
+        "queue_id",
+        "inbox",
+        "status",
+        "envelope_from",
+        "envelope_to",
+        "size",
+        "message_id",
+        "subject",
+        "created_at",
+        "raw_text",
+    )
+    readonly_fields = fields
+
+    def get_changelist(self, request: HttpRequest, **kwargs: object) -> type[ChangeList]:
+        return MessageChangeList
+
+    @admin.display(description="recipients")
+    def recipient_count(self, message: Message) -> int:
+        return len(message.envelope_to or [])
+
+    @admin.display(description="raw message (as stored, with the gateway's Received: header)")
+    def raw_text(self, message: Message) -> str:
+        return format_html('<pre style="white-space: pre-wrap">{}</pre>', bytes(message.raw).decode("utf-8", "replace"))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Message | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Message | None = None) -> bool:
+        return False

@@ -1,0 +1,82 @@
+"""Organizations, their agent inboxes, and the messages the gateway accepted."""
+
+from __future__ import annotations
+
+from django.core.validators import RegexValidator
+from django.db import models
+
+from inboxes.ids import INBOX_ID_PATTERN, ORGANIZATION_ID_PATTERN
+
+
+class Organization(models.Model):
+    public_id = models.CharField(
+        max_length=64,
+        unique=True,
+        validators=[RegexValidator(ORGANIZATION_ID_PATTERN.pattern + r"\Z")],
+        help_text="Public identifier such as org_abc.",
+    )
+    name = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["public_id"]
+
+    def __str__(self) -> str:
+        return self.public_id
+
+
+class Inbox(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        DISABLED = "disabled", "Disabled"
+        SUSPENDED = "suspended", "Suspended"
+
+    inbox_id = models.CharField(
+        max_length=36,
+        unique=True,
+        validators=[RegexValidator(INBOX_ID_PATTERN.pattern + r"\Z")],
+        help_text="The SMTP username: inb_ followed by 12 to 32 letters or digits.",
+    )
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="inboxes")
+    email = models.EmailField(
+        unique=True,
+        help_text="The only envelope sender (MAIL FROM) this inbox may use.",
+    )
+    display_name = models.CharField(max_length=200, blank=True)
+    status = models.CharField(
+        max_length=16,
+        choices=Status.choices,
+        default=Status.ACTIVE,
+        db_index=True,
+        help_text="Only active inboxes can authenticate.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["inbox_id"]
+        verbose_name_plural = "inboxes"
+
+    def __str__(self) -> str:
+        return self.inbox_id
+
+
+class Message(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+
+    queue_id = models.CharField(max_length=32, unique=True, help_text="Given to the client in the 250 reply.")
+    inbox = models.ForeignKey(Inbox, on_delete=models.PROTECT, related_name="messages")
+    envelope_from = models.CharField(max_length=320)
+    envelope_to = models.JSONField(help_text="Envelope recipients (RCPT TO), in order.")
+    size = models.PositiveIntegerField(help_text="Bytes of the message as the client sent it.")
+    message_id = models.CharField(max_length=998, blank=True, help_text="The Message-ID header, if any.")
+    subject = models.CharField(max_length=998, blank=True)
+    raw = models.BinaryField(help_text="The gateway's Received: header followed by the bytes as received.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.queue_id

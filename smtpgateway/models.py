@@ -1,0 +1,43 @@
+"""The audit trail of every AUTH attempt that reached the gateway."""
+
+from __future__ import annotations
+
+from django.db import models
+
+from smtpgateway.reasons import Reason
+
+USERNAME_MAX_LENGTH = 128
+
+
+class AuthAttempt(models.Model):
+    created_at = models.DateTimeField(db_index=True)
+    remote_addr = models.GenericIPAddressField(null=True, blank=True, db_index=True)
+    remote_port = models.PositiveIntegerField(null=True, blank=True)
+    session_id = models.CharField(max_length=32, db_index=True, help_text="Also in the gateway's log lines.")
+    mechanism = models.CharField(max_length=32, blank=True, db_index=True)
+    username = models.CharField(
+        max_length=USERNAME_MAX_LENGTH,
+        blank=True,
+        help_text="As presented, made printable and truncated. A username shaped like an API key is withheld.",
+    )
+    key_prefix = models.CharField(max_length=16, blank=True, help_text="Only when the key had a valid format.")
+    success = models.BooleanField(db_index=True)
+    reason = models.CharField(max_length=32, choices=Reason.choices(), db_index=True)
+    inbox = models.ForeignKey(
+        "inboxes.Inbox", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
+    api_key = models.ForeignKey(
+        "apikeys.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
+    organization = models.ForeignKey(
+        "inboxes.Organization", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["remote_addr", "success", "created_at"], name="authattempt_addr_time")]
+        verbose_name = "AUTH attempt"
+
+    def __str__(self) -> str:
+        outcome = "ok" if self.success else self.reason
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.username or '-'} {outcome}"

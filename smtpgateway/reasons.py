@@ -1,0 +1,32 @@
+"""Why an AUTH attempt ended as it did. Pure data: the model's choices and the
+authenticator's outcomes both use these codes, which are part of the interface."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    OK = "OK"
+    # The validation steps, in the order the authenticator applies them.
+    INVALID_INBOX_FORMAT = "INVALID_INBOX_FORMAT"
+    INVALID_API_KEY_FORMAT = "INVALID_API_KEY_FORMAT"
+    API_KEY_NOT_FOUND = "API_KEY_NOT_FOUND"
+    API_KEY_REVOKED = "API_KEY_REVOKED"
+    API_KEY_EXPIRED = "API_KEY_EXPIRED"
+    INSUFFICIENT_PERMISSIONS = "INSUFFICIENT_PERMISSIONS"
+    INBOX_NOT_FOUND = "INBOX_NOT_FOUND"
+    INBOX_DISABLED = "INBOX_DISABLED"
+    INBOX_SUSPENDED = "INBOX_SUSPENDED"
+    ORGANIZATION_MISMATCH = "ORGANIZATION_MISMATCH"
+    # Exchanges that never reach validation, and faults.
+    MALFORMED = "MALFORMED"
+    ABORTED = "ABORTED"
+    UNSUPPORTED_MECHANISM = "UNSUPPORTED_MECHANISM"
+    ENCRYPTION_REQUIRED = "ENCRYPTION_REQUIRED"
+    RATE_LIMITED = "RATE_LIMITED"
+    TEMPORARY_FAILURE = "TEMPORARY_FAILURE"
+
+    @classmethod
+    def choices(cls) -> list[tuple[str, str]]:
+        return [(member.value, member.value) for member in cls]

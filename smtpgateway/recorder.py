@@ -1,0 +1,137 @@
+"""Writing AuthAttempt rows, and keeping the ones the database cannot take yet.
+
+An attempt that cannot be written (database down or locked) is not dropped: it is
+logged at ERROR as one JSON line and kept in memory, then written, with its
+original time, before the next record and by the server's periodic flush. The
+memory is bounded by ``SMTP_AUTH_BACKLOG_MAX`` records (default 10,000, about
+5 MB); past that the oldest kept record is dropped and said so at ERROR, so the
+log line is then the only copy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import deque
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.db import DatabaseError, transaction
+
+from smtpgateway.models import USERNAME_MAX_LENGTH, AuthAttempt
+from smtpgateway.reasons import Reason
+from smtpgateway.safetext import presented_username
+
+if TYPE_CHECKING:
+    from smtpgateway.auth import Peer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One AuthAttempt row, before it is written. Holds no secret."""
+
+    created_at: datetime
+    session_id: str
+    remote_addr: str | None
+    remote_port: int | None
+    mechanism: str
+    username: str
+    key_prefix: str
+    success: bool
+    reason: str
+    api_key_id: int | None = None
+    inbox_id: int | None = None
+    organization_id: int | None = None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        peer: Peer,
+        when: datetime,
+        mechanism: str,
+        username: bytes,
+        reason: Reason,
+        key_prefix: str = "",
+        api_key_id: int | None = None,
+        inbox_id: int | None = None,
+        organization_id: int | None = None,
+    ) -> AttemptRecord:
+        return cls(
+            created_at=when,
+            session_id=peer.session_id,
+            remote_addr=peer.remote_addr,
+            remote_port=peer.remote_port,
+            mechanism=mechanism[:32],
+            username=presented_username(username, USERNAME_MAX_LENGTH),
+            key_prefix=key_prefix,
+            success=reason is Reason.OK,
+            reason=reason.value,
+            api_key_id=api_key_id,
+            inbox_id=inbox_id,
+            organization_id=organization_id,
+        )
+
+    def as_failure(self, reason: Reason) -> AttemptRecord:
+        return replace(self, success=False, reason=reason.value)
+
+    def to_row(self) -> AuthAttempt:
+        return AuthAttempt(**asdict(self))
+
+    def to_log_line(self) -> str:
+        fields = asdict(self)
+        fields["created_at"] = self.created_at.isoformat()
+        return json.dumps(fields, sort_keys=True)
+
+
+class AttemptRecorder:
+    """Writes records; keeps the unwritten ones (bounded) until the database is back."""
+
+    def __init__(self, max_kept: int) -> None:
+        self._kept: deque[AttemptRecord] = deque()
+        self._max_kept = max_kept
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def write(self, record: AttemptRecord) -> None:
+        """Insert ``record`` (after any kept ones). Raises DatabaseError if it cannot."""
+        if self._kept:
+            self.flush()
+        record.to_row().save(force_insert=True)
+
+    def keep(self, record: AttemptRecord) -> None:
+        """Hold a record that could not be written; log it so it is never silent."""
+        log.error("AuthAttempt not written, kept for retry: %s", record.to_log_line())
+        with self._lock:
+            if len(self._kept) >= self._max_kept:
+                dropped = self._kept.popleft()
+                log.error("AuthAttempt backlog full (%d); dropped from memory: %s", self._max_kept, dropped.to_log_line())
+            self._kept.append(record)
+
+    def flush(self) -> int:
+        """Write every kept record in one transaction. Returns how many were written;
+        on a database error they stay kept and 0 is returned."""
+        with self._lock:
+            batch = list(self._kept)
+            if not batch:
+                return 0
+            try:
+                with transaction.atomic():
+                    AuthAttempt.objects.bulk_create([record.to_row() for record in batch])
+            except DatabaseError:
+                log.warning("Database still unavailable; %d AuthAttempt records kept", len(batch))
+                return 0
+            for _ in batch:
+                self._kept.popleft()
+        log.info("Wrote %d kept AuthAttempt records", len(batch))
+        return len(batch)
+
+
+recorder = AttemptRecorder(max_kept=getattr(settings, "SMTP_AUTH_BACKLOG_MAX", 10_000))

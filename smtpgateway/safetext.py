@@ -1,0 +1,26 @@
+"""Turn untrusted client bytes into text that is safe to store and show."""
+
+from __future__ import annotations
+
+import re
+
+from apikeys.keys import KEY_PATTERN, visible_prefix
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(raw: bytes, limit: int) -> str:
+    """Decode ``raw`` losslessly (invalid UTF-8 and control characters become
+    backslash escapes, so NUL never reaches PostgreSQL) and cut it to ``limit``."""
+    text = raw[: limit * 4].decode("utf-8", errors="backslashreplace")
+    text = _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def presented_username(raw: bytes, limit: int) -> str:
+    """The username as it may be recorded. People paste the key into the username
+    field; such a value is withheld except for its visible prefix."""
+    text = printable(raw, limit)
+    if KEY_PATTERN.search(text):
+        return f"{visible_prefix(text)}… (withheld: looks like an API key)"
+    return text

@@ -1,0 +1,88 @@
+"""Accepting a message: the trace header, the parsed summary, the durable commit.
+
+:func:`store_message` is the one synchronous unit of work per DATA. It returns only
+after the transaction has committed, so the server's ``250`` always means the
+message is in the database.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.policy import default as default_policy
+from email.utils import format_datetime
+
+from django.db import transaction
+from django.utils import timezone
+
+from inboxes.models import Message
+
+_HEADER_LIMIT = 998  # RFC 5322 line length; longer values are cut for display
+_header_parser = BytesHeaderParser(policy=default_policy)
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """Everything the store step needs, gathered on the event loop."""
+
+    inbox_pk: int
+    session_id: str
+    helo_name: str
+    remote_addr: str | None
+    hostname: str
+    protocol: str  # "ESMTPA" or "ESMTPSA" (RFC 3848)
+    tls_note: str  # e.g. "(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384)", or ""
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    content: bytes
+
+
+def new_queue_id() -> str:
+    return secrets.token_hex(8).upper()
+
+
+def received_header(submission: Submission, queue_id: str) -> bytes:
+    """The trace header RFC 5321 section 4.4 asks a receiving server to prepend."""
+    helo = submission.helo_name.replace("\r", "").replace("\n", "")[:255]
+    lines = [
+        f"Received: from {helo} ([{submission.remote_addr or 'unknown'}])",
+        f"\tby {submission.hostname} (agentmail-smtp) with {submission.protocol} id {queue_id}",
+    ]
+    if submission.tls_note:
+        lines.append(f"\t{submission.tls_note}")
+    # Name the recipient only when there is one, as Postfix does: listing all
+    # would disclose Bcc recipients to each other.
+    target = f"for <{submission.rcpt_tos[0]}>" if len(submission.rcpt_tos) == 1 else ""
+    lines.append(f"\t{target}; {format_datetime(timezone.now())}")
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8", errors="surrogateescape")
+
+
+def summarize(content: bytes) -> tuple[str, str]:
+    """Message-ID and Subject, parsed with the stdlib; unparsable headers give ''."""
+    try:
+        headers = _header_parser.parsebytes(content)
+        message_id = str(headers.get("Message-ID", "") or "").strip()
+        subject = str(headers.get("Subject", "") or "").strip()
+    except Exception:  # a malformed header must not lose an otherwise fine message
+        return "", ""
+    return message_id[:_HEADER_LIMIT], subject[:_HEADER_LIMIT]
+
+
+def store_message(submission: Submission) -> str:
+    """Commit the message; return its queue id. Raises DatabaseError on failure,
+    in which case nothing was stored."""
+    queue_id = new_queue_id()
+    message_id, subject = summarize(submission.content)
+    with transaction.atomic():
+        Message.objects.create(
+            queue_id=queue_id,
+            inbox_id=submission.inbox_pk,
+            envelope_from=submission.mail_from,
+            envelope_to=list(submission.rcpt_tos),
+            size=len(submission.content),
+            message_id=message_id,
+            subject=subject,
+            raw=received_header(submission, queue_id) + submission.content,
+        )
+    return queue_id
