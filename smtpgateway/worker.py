@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
@@ -43,9 +44,21 @@ class DatabaseWorker:
         future.add_done_callback(_log_failure)
 
     def shutdown(self) -> None:
-        """Finish every submitted unit, then close the threads' connections."""
+        """Finish every submitted unit, then close each thread's connections.
+
+        The barrier makes each of the pool's threads take exactly one closing
+        task (a thread holds its own connection; no other thread can close it)."""
+        barrier = threading.Barrier(self._threads)
+
+        def close_connections() -> None:
+            connections.close_all()
+            try:
+                barrier.wait(timeout=10)
+            except threading.BrokenBarrierError:
+                pass
+
         for _ in range(self._threads):
-            self._executor.submit(connections.close_all)
+            self._executor.submit(close_connections)
         self._executor.shutdown(wait=True)
 
 

@@ -1,0 +1,38 @@
+# Two commands for a fresh machine with Python 3.11:
+#   make run   - set up, then the SMTP gateway (127.0.0.1:2525) and the admin (127.0.0.1:8000)
+#   make test  - set up, then the whole test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: run test setup bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(INSTALLED): requirements.txt requirements-dev.txt | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(INSTALLED)
+
+.env:
+	cp .env.example .env
+
+setup: $(INSTALLED) .env
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py loaddata scenarios
+
+# runsmtp in the foreground, the admin beside it; Ctrl-C stops both.
+run: setup
+	@$(PY) manage.py demohint
+	@trap 'kill $$web 2>/dev/null; wait $$web 2>/dev/null' EXIT INT TERM; \
+	$(PY) manage.py runserver 127.0.0.1:8000 --noreload & web=$$!; \
+	$(PY) manage.py runsmtp
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis test-db.sqlite3*

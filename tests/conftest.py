@@ -1,0 +1,85 @@
+"""Shared fixtures: demo data, a live gateway, and the no-secret-leaks guard."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+
+from tests.helpers import DEMO_KEYS, LiveGateway, secret_markers
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="also run long load, fuzz and timing tests")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="long run: use --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def scenarios(transactional_db: None) -> None:
+    """The demo organizations, inboxes and keys (`manage.py loaddata scenarios`)."""
+    call_command("loaddata", "scenarios", verbosity=0)
+
+
+@pytest.fixture
+def extra_secrets() -> list[str]:
+    """Plaintexts a test creates; the leak guard looks for these too."""
+    return []
+
+
+@pytest.fixture
+def leak_guard(caplog: pytest.LogCaptureFixture, extra_secrets: list[str]) -> Iterator[None]:
+    """Capture every log record at DEBUG (aiosmtpd's included) and, after the test,
+    fail if any key or AUTH payload appears in the logs or in stored rows."""
+    caplog.set_level(logging.DEBUG)
+    for name in ("mail.log", "smtpgateway", "apikeys", "inboxes"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    yield
+    markers = secret_markers(list(DEMO_KEYS) + extra_secrets)
+    # In teardown, caplog.text holds only the teardown phase: read every phase.
+    formatter = logging.Formatter("%(name)s %(message)s")
+    log_text = "\n".join(
+        formatter.format(record) for when in ("setup", "call") for record in caplog.get_records(when)
+    )
+    assert log_text, "no log records were captured: the guard would see nothing"
+    leaked = sorted(marker for marker in markers if marker in log_text)
+    assert not leaked, f"{len(leaked)} secret marker(s) found in the logs"
+
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        for table in ("smtpgateway_authattempt", "apikeys_apikey", "django_session"):
+            cursor.execute(f"SELECT * FROM {table}")  # noqa: S608 - fixed table names
+            dump = repr(cursor.fetchall())
+            found = [marker for marker in markers if marker in dump]
+            assert not found, f"a secret is stored in {table}"
+
+
+@pytest.fixture
+def gateway_factory(transactional_db: None, leak_guard: None) -> Iterator[Any]:
+    started: list[LiveGateway] = []
+
+    def start(**overrides: Any) -> LiveGateway:
+        live = LiveGateway(**overrides).start()
+        started.append(live)
+        return live
+
+    yield start
+    for live in started:
+        live.stop()
+
+
+@pytest.fixture
+def gateway(gateway_factory: Any, scenarios: None) -> LiveGateway:
+    """A gateway with the demo data, on a free loopback port."""
+    return gateway_factory()

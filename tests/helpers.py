@@ -1,0 +1,173 @@
+"""Test helpers: a live gateway in a thread, SMTP clients, the demo credentials."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import smtplib
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from smtpgateway.server import GatewayConfig, GatewayServer
+
+# The demo's plaintext keys (the fixture holds only their digests).
+VALID_INBOX = "inb_valid1234567890"
+VALID_EMAIL = "test@agentmail.dev"
+DISABLED_INBOX = "inb_disabled456789012"
+SUSPENDED_INBOX = "inb_suspended78901234"
+VALID_KEY = "am_validkey12345678901234567890123456"
+WRONG_ORG_KEY = "am_wrongorg45678901234567890123456789"
+REVOKED_KEY = "am_revoked78901234567890123456789012"
+EXPIRED_KEY = "am_expired12345678901234567890123456"
+NO_SCOPE_KEY = "am_noscope12345678901234567890123456"
+UNKNOWN_KEY = "am_doesnotexist0123456789012345678901"
+UNKNOWN_INBOX = "inb_doesnotexist00000"
+DEMO_KEYS = (VALID_KEY, WRONG_ORG_KEY, REVOKED_KEY, EXPIRED_KEY, NO_SCOPE_KEY, UNKNOWN_KEY)
+
+INVALID = "535 5.7.8 Authentication credentials invalid"
+INSUFFICIENT = "535 5.7.8 Insufficient permissions"
+SUCCESS = "235 2.7.0 Authentication successful"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    number: int
+    username: str
+    password: str
+    reply: str
+    reason: str
+
+
+SCENARIOS = [
+    Scenario(1, VALID_INBOX, VALID_KEY, SUCCESS, "OK"),
+    Scenario(2, VALID_INBOX, "am_invalidkey", INVALID, "INVALID_API_KEY_FORMAT"),
+    Scenario(3, VALID_INBOX, UNKNOWN_KEY, INVALID, "API_KEY_NOT_FOUND"),
+    Scenario(4, UNKNOWN_INBOX, VALID_KEY, INVALID, "INBOX_NOT_FOUND"),
+    Scenario(5, VALID_INBOX, WRONG_ORG_KEY, INVALID, "ORGANIZATION_MISMATCH"),
+    Scenario(6, VALID_INBOX, REVOKED_KEY, INVALID, "API_KEY_REVOKED"),
+    Scenario(7, VALID_INBOX, EXPIRED_KEY, INVALID, "API_KEY_EXPIRED"),
+    Scenario(8, DISABLED_INBOX, VALID_KEY, INVALID, "INBOX_DISABLED"),
+    Scenario(9, VALID_INBOX, NO_SCOPE_KEY, INSUFFICIENT, "INSUFFICIENT_PERMISSIONS"),
+    Scenario(10, "invalid_inbox", VALID_KEY, INVALID, "INVALID_INBOX_FORMAT"),
+]
+
+
+def b64(data: bytes | str) -> str:
+    raw = data.encode() if isinstance(data, str) else data
+    return base64.b64encode(raw).decode()
+
+
+def secret_markers(keys: tuple[str, ...] | list[str]) -> set[str]:
+    """Every form in which a key could leak: plain, base64 alone, as AUTH PLAIN."""
+    markers: set[str] = set()
+    for key in keys:
+        markers.add(key)
+        markers.add(b64(key))
+        for inbox in (VALID_INBOX, UNKNOWN_INBOX, DISABLED_INBOX, "invalid_inbox"):
+            markers.add(b64(f"\0{inbox}\0{key}"))
+    return markers
+
+
+class LiveGateway:
+    """The real GatewayServer on its own event loop in a thread, on a free port."""
+
+    def __init__(self, **overrides: Any) -> None:
+        self.config = GatewayConfig.from_settings(host="127.0.0.1", port=0, **overrides)
+        self.loop = asyncio.new_event_loop()
+        self.server = GatewayServer(self.config)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="live-gateway", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.server.start())
+        except BaseException as error:  # surfaced by start()
+            self._error = error
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.run_forever()
+
+    def start(self) -> LiveGateway:
+        self._thread.start()
+        assert self._ready.wait(10), "gateway did not start"
+        if self._error:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        if self._error is None:
+            asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(30)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(30)
+        self.loop.close()
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def smtp(self, timeout: float = 10) -> smtplib.SMTP:
+        client = smtplib.SMTP("127.0.0.1", self.port, timeout=timeout)
+        client.ehlo("tester.example")
+        return client
+
+    def wire(self) -> Wire:
+        return Wire(self.port)
+
+
+def auth(client: smtplib.SMTP, mechanism: str, username: str, password: str) -> tuple[int, str]:
+    """AUTH with smtplib's own mechanism code; returns the final reply."""
+    client.user, client.password = username, password
+    authobject = getattr(client, f"auth_{mechanism.lower()}")
+    try:
+        code, text = client.auth(mechanism, authobject)
+    except smtplib.SMTPAuthenticationError as error:
+        code, text = error.smtp_code, error.smtp_error
+    return code, f"{code} {text.decode()}"
+
+
+class Wire:
+    """A raw SMTP client on a socket, for exchanges that smtplib cannot produce."""
+
+    def __init__(self, port: int, timeout: float = 10) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buffer = b""
+        self.greeting = self.reply()
+
+    def send(self, line: bytes | str) -> None:
+        data = line.encode() if isinstance(line, str) else line
+        self.sock.sendall(data + b"\r\n")
+
+    def _line(self) -> str:
+        while b"\r\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError(f"server closed the connection; unread: {self.buffer!r}")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line.decode()
+
+    def reply(self) -> list[str]:
+        """One whole (possibly multi-line) reply."""
+        lines = [self._line()]
+        while len(lines[-1]) > 3 and lines[-1][3] == "-":
+            lines.append(self._line())
+        return lines
+
+    def command(self, line: bytes | str) -> str:
+        """Send a command; return the last line of its reply."""
+        self.send(line)
+        return self.reply()[-1]
+
+    def closed_by_server(self) -> bool:
+        try:
+            return self.sock.recv(1) == b""
+        except (ConnectionResetError, socket.timeout):
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
