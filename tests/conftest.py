@@ -77,6 +77,9 @@ def gateway_factory(transactional_db: None, leak_guard: None) -> Iterator[Any]:
     yield start
     for live in started:
         live.stop()
+    from smtpgateway.recorder import recorder
+
+    assert len(recorder) == 0, "the gateway stopped with AuthAttempt records unwritten"
 
 
 @pytest.fixture

@@ -1,0 +1,70 @@
+"""Real database faults for tests: another connection holding the write lock."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+
+import pytest
+from django.db import connection
+
+LOCKED_TABLES = ("smtpgateway_authattempt", "inboxes_message", "apikeys_apikey")
+
+
+@contextlib.contextmanager
+def write_lock() -> Iterator[None]:
+    """Hold the database's write lock (SQLite) or exclusive table locks
+    (PostgreSQL) from a separate connection until the block ends."""
+    settings = connection.settings_dict
+    if connection.vendor == "sqlite":
+        holder = sqlite3.connect(settings["NAME"], isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+    else:
+        import psycopg
+
+        holder = psycopg.connect(
+            host=settings["HOST"] or None,
+            port=settings["PORT"] or None,
+            user=settings["USER"] or None,
+            password=settings["PASSWORD"] or None,
+            dbname=settings["NAME"],
+        )
+        holder.execute("BEGIN")
+        holder.execute(f"LOCK TABLE {', '.join(LOCKED_TABLES)} IN EXCLUSIVE MODE")
+        try:
+            yield
+        finally:
+            holder.rollback()
+            holder.close()
+
+
+def release_later(seconds: float) -> tuple[threading.Thread, threading.Event]:
+    """Take the lock now; release it after ``seconds`` in a background thread."""
+    taken = threading.Event()
+
+    def hold() -> None:
+        with write_lock():
+            taken.set()
+            threading.Event().wait(seconds)
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    assert taken.wait(10)
+    return thread, taken
+
+
+def shorten_lock_timeout(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Make connections opened from now on give up on a lock after ``seconds``."""
+    options = connection.settings_dict["OPTIONS"]
+    if connection.vendor == "sqlite":
+        monkeypatch.setitem(options, "timeout", seconds)
+    else:
+        ms = int(seconds * 1000)
+        monkeypatch.setitem(options, "options", f"-c lock_timeout={ms} -c statement_timeout={ms}")

@@ -1,0 +1,88 @@
+"""The gateway with a database that is slow or locked: the event loop keeps serving,
+clients get 4xx replies with enhanced codes, and no record is lost."""
+
+from __future__ import annotations
+
+import smtplib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from inboxes.models import Message
+from smtpgateway.models import AuthAttempt
+from smtpgateway.recorder import recorder
+from tests.dbfaults import release_later, shorten_lock_timeout, write_lock
+from tests.helpers import VALID_EMAIL, VALID_INBOX, VALID_KEY, LiveGateway, auth
+
+LOCK_SECONDS = 1.5
+
+
+def timed_auth(gateway: LiveGateway) -> tuple[str, float]:
+    started = time.monotonic()
+    with gateway.smtp(timeout=30) as client:
+        _, reply = auth(client, "PLAIN", VALID_INBOX, VALID_KEY)
+    return reply, time.monotonic() - started
+
+
+def test_event_loop_keeps_serving_while_the_database_is_locked(gateway: LiveGateway) -> None:
+    sessions = 8
+    holder, _ = release_later(LOCK_SECONDS)
+    started = time.monotonic()
+    with ThreadPoolExecutor(sessions) as pool:
+        waiting = [pool.submit(timed_auth, gateway) for _ in range(sessions)]
+        time.sleep(0.3)  # every AUTH is now waiting on the database
+        probe_started = time.monotonic()
+        probe = gateway.wire()
+        assert probe.command("EHLO probe.example").startswith("250 ")
+        assert probe.command("NOOP") == "250 2.0.0 OK"
+        probe_seconds = time.monotonic() - probe_started
+        results = [future.result() for future in waiting]
+    total = time.monotonic() - started
+    holder.join()
+
+    assert probe_seconds < 0.5, f"a NOOP took {probe_seconds:.2f}s while AUTHs waited on the database"
+    assert [reply for reply, _ in results] == ["235 2.7.0 Authentication successful"] * sessions
+    # All waited on the same lock: about one lock period in all, not one each.
+    assert total < LOCK_SECONDS + 2.0, f"{sessions} sessions took {total:.2f}s"
+    assert AuthAttempt.objects.filter(reason="OK").count() == sessions
+
+
+def test_lock_beyond_the_timeout_answers_454_and_keeps_the_record(
+    gateway_factory: Any, scenarios: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shorten_lock_timeout(monkeypatch, 0.5)
+    gateway = gateway_factory()
+    with write_lock():
+        reply, _ = timed_auth(gateway)
+        assert reply == "454 4.7.0 Temporary authentication failure"
+        assert len(recorder) == 1
+        assert not AuthAttempt.objects.exists()  # reads still work under the write lock
+    # The database is back: the next attempt writes the kept record first.
+    reply, _ = timed_auth(gateway)
+    assert reply == "235 2.7.0 Authentication successful"
+    assert list(AuthAttempt.objects.order_by("created_at").values_list("reason", "success")) == [
+        ("TEMPORARY_FAILURE", False),
+        ("OK", True),
+    ]
+    assert len(recorder) == 0
+
+
+def test_store_failure_answers_451_and_stores_nothing(
+    gateway_factory: Any, scenarios: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shorten_lock_timeout(monkeypatch, 0.5)
+    gateway = gateway_factory()
+    message = b"Subject: during an outage\r\n\r\nbody\r\n"
+    with gateway.smtp(timeout=30) as client:
+        auth(client, "PLAIN", VALID_INBOX, VALID_KEY)
+        with write_lock():
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.sendmail(VALID_EMAIL, ["a@example.com"], message)
+            assert refused.value.smtp_code == 451
+            assert refused.value.smtp_error == b"4.3.0 Temporary failure, message not accepted, try again later"
+        assert not Message.objects.exists()
+        # Same session, database back: the retry is accepted and stored once.
+        assert client.sendmail(VALID_EMAIL, ["a@example.com"], message) == {}
+    assert Message.objects.get().subject == "during an outage"

@@ -1,0 +1,97 @@
+"""Reply texts: EHLO's extensions, and an enhanced status code on every reply."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from smtpgateway.replies import with_enhanced_code
+from tests.helpers import VALID_EMAIL, VALID_INBOX, VALID_KEY, LiveGateway, b64
+
+ENHANCED = re.compile(r"^[245]\d\d [245]\.\d{1,3}\.\d{1,3} \S")
+
+
+def test_ehlo_advertises_the_extensions(gateway: LiveGateway) -> None:
+    wire = gateway.wire()
+    assert re.fullmatch(r"220 \S+ ESMTP agentmail-smtp ready", wire.greeting[0])
+    wire.send("EHLO tester.example")
+    lines = wire.reply()
+    assert [line[4:] for line in lines[1:]] == [
+        "SIZE 10485760",
+        "8BITMIME",
+        "SMTPUTF8",
+        "PIPELINING",
+        "AUTH PLAIN LOGIN",
+        "ENHANCEDSTATUSCODES",
+    ]
+    assert all(line.startswith("250-") for line in lines[:-1]) and lines[-1].startswith("250 ")
+
+
+def test_every_reply_of_a_varied_session_has_an_enhanced_code(gateway: LiveGateway) -> None:
+    """Commands that make aiosmtpd answer with its own texts, in and out of order."""
+    wire = gateway.wire()
+    commands = [
+        "HELO",
+        "EHLO",
+        "MAIL FROM:<x@y>",
+        "EHLO tester.example",
+        "NOOP",
+        "HELP",
+        "HELP MAIL",
+        "HELP NOSUCH",
+        "VRFY someone@example.com",
+        "VRFY",
+        "EXPN list",
+        "FOO bar",
+        "STARTTLS",
+        "QUIT now",
+        "RSET x",
+        "DATA",
+        "RCPT TO:<a@example.com>",
+        "AUTH PLAIN " + b64(f"\0{VALID_INBOX}\0{VALID_KEY}"),
+        "RCPT TO:<a@example.com>",
+        "DATA",
+        "MAIL FROM:<not an address",
+        f"MAIL FROM:<{VALID_EMAIL}> FOO=BAR",
+        f"MAIL FROM:<{VALID_EMAIL}> BODY=9BIT",
+        f"MAIL FROM:<{VALID_EMAIL}>",
+        f"MAIL FROM:<{VALID_EMAIL}>",
+        "RCPT TO:<a@example.com> NOTIFY=NEVER",
+        "RCPT TO:",
+        "DATA x",
+        "X" * 600,
+        "MAIL " + "Y" * 700,
+        "NOOP",
+    ]
+    seen = []
+    for command in commands:
+        reply = wire.command(command)
+        seen.append(reply)
+        if command.startswith("EHLO ") and reply.startswith("250 "):
+            continue  # EHLO lines carry extension keywords (RFC 2034 exempts them)
+        assert ENHANCED.match(reply), f"{command[:30]!r} -> {reply!r}"
+    assert "250 2.0.0 OK" in seen and "221" not in " ".join(seen)
+
+
+def test_quit(gateway: LiveGateway) -> None:
+    wire = gateway.wire()
+    assert wire.command("QUIT") == "221 2.0.0 Bye"
+    assert wire.closed_by_server()
+
+
+@pytest.mark.parametrize(
+    ("aiosmtpd_text", "ours"),
+    [
+        ("250 OK", "250 2.0.0 OK"),
+        ("552 Error: Too much mail data", "552 5.2.3 Message too large"),
+        ("503 Error: need RCPT command", "503 5.5.1 Error: need RCPT command"),
+        ('500 Error: command "FOO" not recognized', '500 5.5.2 Error: command "FOO" not recognized'),
+        ("502 5.5.1 Too many unrecognized commands, goodbye.", "502 5.5.1 Too many unrecognized commands, goodbye."),
+        ("220 host.example ESMTP ready", "220 host.example ESMTP ready"),  # greeting: exempt
+        ("354 End data with <CR><LF>.<CR><LF>", "354 End data with <CR><LF>.<CR><LF>"),  # intermediate
+        ("299 Odd", "299 2.0.0 Odd"),
+    ],
+)
+def test_catalogue_rewrites(aiosmtpd_text: str, ours: str) -> None:
+    assert with_enhanced_code(aiosmtpd_text) == ours

@@ -1,0 +1,157 @@
+"""The mail transaction after AUTH: who may send, how much, and what is stored."""
+
+from __future__ import annotations
+
+import smtplib
+from email.message import EmailMessage
+
+import pytest
+
+from inboxes.models import Message
+from tests.helpers import VALID_EMAIL, VALID_INBOX, VALID_KEY, LiveGateway, Wire, auth, b64
+
+
+def authenticated_wire(gateway: LiveGateway) -> Wire:
+    wire = gateway.wire()
+    wire.command("EHLO tester.example")
+    assert wire.command("AUTH PLAIN " + b64(f"\0{VALID_INBOX}\0{VALID_KEY}")).startswith("235 ")
+    return wire
+
+
+def sample_message(subject: str = "Hello from an agent", body: str = "Hi there.\n") -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = VALID_EMAIL
+    message["To"] = "someone@example.com"
+    message["Subject"] = subject
+    message["Message-ID"] = "<abc123@agentmail.dev>"
+    message.set_content(body)
+    return message
+
+
+def test_mail_before_auth_is_refused(gateway: LiveGateway) -> None:
+    wire = gateway.wire()
+    wire.command("EHLO tester.example")
+    assert wire.command(f"MAIL FROM:<{VALID_EMAIL}>") == "530 5.7.0 Authentication required"
+    assert wire.command("RCPT TO:<a@example.com>") == "530 5.7.0 Authentication required"
+    assert wire.command("DATA") == "530 5.7.0 Authentication required"
+
+
+def test_sender_must_be_the_inbox_address(gateway: LiveGateway, caplog: pytest.LogCaptureFixture) -> None:
+    wire = authenticated_wire(gateway)
+    assert wire.command("MAIL FROM:<someone-else@agentmail.dev>") == "553 5.7.1 Sender address not allowed for this inbox"
+    assert any("Sender rejected" in r.getMessage() for r in caplog.records)
+    # Case of the address does not matter.
+    assert wire.command("MAIL FROM:<TEST@AgentMail.dev>") == "250 2.1.0 Sender OK"
+
+
+def test_recipient_limit(gateway: LiveGateway) -> None:
+    wire = authenticated_wire(gateway)
+    wire.command(f"MAIL FROM:<{VALID_EMAIL}>")
+    for n in range(100):
+        assert wire.command(f"RCPT TO:<r{n}@example.com>") == "250 2.1.5 Recipient OK"
+    assert wire.command("RCPT TO:<r100@example.com>") == "452 4.5.3 Too many recipients"
+
+
+def test_declared_size_over_limit(gateway: LiveGateway) -> None:
+    wire = authenticated_wire(gateway)
+    assert wire.command(f"MAIL FROM:<{VALID_EMAIL}> SIZE=10485761") == "552 5.2.3 Message too large"
+    assert wire.command(f"MAIL FROM:<{VALID_EMAIL}> SIZE=10485760") == "250 2.1.0 Sender OK"
+
+
+def test_body_over_limit_is_refused_and_not_stored(gateway_factory, scenarios) -> None:  # type: ignore[no-untyped-def]
+    gateway = gateway_factory(max_message_size=2000)
+    big = b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 40
+    # A client that declares the size (smtplib does) is refused at MAIL FROM.
+    with gateway.smtp() as client:
+        auth(client, "PLAIN", VALID_INBOX, VALID_KEY)
+        with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+            client.sendmail(VALID_EMAIL, ["a@example.com"], big)
+        assert (refused.value.smtp_code, refused.value.smtp_error) == (552, b"5.2.3 Message too large")
+    # One that does not is refused after DATA, and the session goes on.
+    wire = authenticated_wire(gateway)
+    wire.command(f"MAIL FROM:<{VALID_EMAIL}>")
+    wire.command("RCPT TO:<a@example.com>")
+    wire.command("DATA")
+    wire.sock.sendall(big + b".\r\n")
+    assert wire.reply() == ["552 5.2.3 Message too large"]
+    assert wire.command("NOOP") == "250 2.0.0 OK"
+    assert not Message.objects.exists()
+
+
+def test_accepted_message_is_committed_before_250(gateway: LiveGateway) -> None:
+    with gateway.smtp() as client:
+        auth(client, "PLAIN", VALID_INBOX, VALID_KEY)
+        refused = client.send_message(sample_message(), to_addrs=["a@example.com", "b@example.com"])
+    assert refused == {}
+    message = Message.objects.get()
+    assert message.inbox.inbox_id == VALID_INBOX
+    assert message.envelope_from == VALID_EMAIL
+    assert message.envelope_to == ["a@example.com", "b@example.com"]
+    assert message.subject == "Hello from an agent"
+    assert message.message_id == "<abc123@agentmail.dev>"
+    assert message.status == "queued"
+    raw = bytes(message.raw)
+    received_by, received_at, content = raw.split(b"\r\n", 3)[1:]
+    assert raw.startswith(b"Received: from tester.example ([127.0.0.1])\r\n")
+    assert received_by.startswith(b"\tby ") and received_by.endswith(b" with ESMTPA id " + message.queue_id.encode())
+    assert received_at.startswith(b"\t; ")  # two recipients: none is named
+    assert content.startswith(b"From: test@agentmail.dev\r\n")
+    assert message.size == len(content)
+
+
+def test_queue_id_in_reply_matches_stored_row(gateway: LiveGateway) -> None:
+    wire = authenticated_wire(gateway)
+    wire.command(f"MAIL FROM:<{VALID_EMAIL}>")
+    wire.command("RCPT TO:<a@example.com>")
+    assert wire.command("DATA") == "354 End data with <CR><LF>.<CR><LF>"
+    body = b"Subject: =?utf-8?q?caf=C3=A9?=\r\n\r\n..leading dot\r\nline two\r\n"
+    wire.sock.sendall(body + b".\r\n")
+    reply = wire.reply()[-1]
+    assert reply.startswith("250 2.0.0 Ok: queued as ")
+    queue_id = reply.rsplit(" ", 1)[1]
+    message = Message.objects.get(queue_id=queue_id)
+    assert message.subject == "café"
+    assert bytes(message.raw).endswith(b"\r\n\r\n.leading dot\r\nline two\r\n")  # dot-unstuffed
+    assert b"for <a@example.com>; " in bytes(message.raw)
+    assert message.size == len(body) - 1  # minus the transparency dot
+
+
+def test_several_messages_per_connection_and_rset(gateway: LiveGateway) -> None:
+    wire = authenticated_wire(gateway)
+    for n in range(3):
+        wire.command(f"MAIL FROM:<{VALID_EMAIL}>")
+        wire.command("RCPT TO:<a@example.com>")
+        wire.command("DATA")
+        wire.sock.sendall(f"Subject: number {n}\r\n\r\nbody\r\n.\r\n".encode())
+        assert wire.reply()[-1].startswith("250 2.0.0 Ok: queued as ")
+    wire.command(f"MAIL FROM:<{VALID_EMAIL}>")
+    assert wire.command("RSET") == "250 2.0.0 OK"
+    assert wire.command("RCPT TO:<a@example.com>") == "503 5.5.1 Error: need MAIL command"
+    assert wire.command(f"MAIL FROM:<{VALID_EMAIL}>") == "250 2.1.0 Sender OK"
+    assert sorted(Message.objects.values_list("subject", flat=True)) == ["number 0", "number 1", "number 2"]
+
+
+def test_pipelined_transaction(gateway: LiveGateway) -> None:
+    """RFC 2920: the client sends MAIL, RCPTs and DATA in one write."""
+    wire = authenticated_wire(gateway)
+    wire.sock.sendall(
+        f"MAIL FROM:<{VALID_EMAIL}>\r\nRCPT TO:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n".encode()
+    )
+    replies = [wire.reply()[-1] for _ in range(4)]
+    assert replies == ["250 2.1.0 Sender OK", "250 2.1.5 Recipient OK", "250 2.1.5 Recipient OK", "354 End data with <CR><LF>.<CR><LF>"]
+    wire.sock.sendall(b"Subject: piped\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+    assert wire.reply()[-1].startswith("250 2.0.0 Ok: queued as ")
+    assert wire.reply()[-1] == "221 2.0.0 Bye"
+    assert Message.objects.get().subject == "piped"
+
+
+def test_eight_bit_and_smtputf8(gateway: LiveGateway) -> None:
+    wire = authenticated_wire(gateway)
+    assert wire.command(f"MAIL FROM:<{VALID_EMAIL}> BODY=8BITMIME SMTPUTF8") == "250 2.1.0 Sender OK"
+    assert wire.command("RCPT TO:<josé@exämple.com>".encode()) == "250 2.1.5 Recipient OK"
+    wire.command("DATA")
+    wire.sock.sendall("Subject: naïve\r\n\r\nüñíçødé\r\n.\r\n".encode())
+    assert wire.reply()[-1].startswith("250 2.0.0")
+    message = Message.objects.get()
+    assert message.envelope_to == ["josé@exämple.com"]
+    assert "üñíçødé".encode() in bytes(message.raw)
