@@ -1,0 +1,154 @@
+"""Management commands as a user runs them: runsmtp as a real process, createapikey,
+loading the demo fixture."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from apikeys.models import ApiKey
+from inboxes.models import Inbox, Organization
+from smtpgateway.models import AuthAttempt
+from tests.helpers import DEMO_KEYS, VALID_INBOX, LiveGateway, auth, database_url, free_port, secret_markers
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class RunSmtp:
+    """`manage.py runsmtp` in a subprocess, using this test run's database."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        environment = {**os.environ, "DATABASE_URL": database_url(), "DEBUG": "true", **(env or {})}
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "runsmtp", "--port", str(self.port), *args],
+            cwd=ROOT,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.banner: list[str] = []
+        self.output = ""
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.banner.append(line.rstrip("\n"))
+            if line.startswith("Quit with"):
+                break
+        else:
+            raise AssertionError(f"runsmtp did not start: {self.process.stderr.read() if self.process.stderr else ''}")
+
+    def stop(self, signum: int = signal.SIGTERM) -> tuple[int, str, str]:
+        self.process.send_signal(signum)
+        out, err = self.process.communicate(timeout=30)
+        self.output = out + err
+        return self.process.returncode, out, err
+
+
+@pytest.fixture
+def runsmtp(scenarios: None, leak_guard: None) -> Iterator[RunSmtp]:
+    server = RunSmtp()
+    yield server
+    if server.process.poll() is None:
+        server.stop()
+    output = "\n".join(server.banner) + server.output
+    assert not [marker for marker in secret_markers(DEMO_KEYS) if marker in output], "a secret in runsmtp's output"
+
+
+def test_runsmtp_banner_and_clean_stop_on_sigterm(runsmtp: RunSmtp) -> None:
+    banner = "\n".join(runsmtp.banner)
+    assert f"agentmail-smtp listening on 127.0.0.1:{runsmtp.port}" in banner
+    assert "AUTH:      PLAIN LOGIN, plaintext allowed" in banner
+    assert "TLS:" in banner and "database:" in banner
+    with socket.create_connection(("127.0.0.1", runsmtp.port), timeout=5) as sock:
+        assert sock.recv(100).startswith(b"220 ")
+    code, out, err = runsmtp.stop(signal.SIGTERM)
+    assert code == 0 and "agentmail-smtp stopped." in out
+    assert "Traceback" not in err
+
+
+def test_runsmtp_stops_on_sigint(runsmtp: RunSmtp) -> None:
+    code, out, _ = runsmtp.stop(signal.SIGINT)
+    assert code == 0 and "stopped" in out
+
+
+@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed (.ci/run installs it)")
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_scenario_script_with_swaks(runsmtp: RunSmtp, mechanism: str) -> None:
+    result = subprocess.run(
+        [str(ROOT / "tests" / "test-scenarios.sh"), "all"],
+        env={**os.environ, "SMTP_PORT": str(runsmtp.port), "AUTH_MECH": mechanism},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count(" PASS ") == 10 and "10 passed, 0 failed" in result.stdout
+    assert AuthAttempt.objects.count() == 10
+    # The seed demo's success command, end to end: 235 then 250 queued.
+    sent = subprocess.run(
+        ["swaks", "--server", f"127.0.0.1:{runsmtp.port}", "--auth", mechanism, "--auth-user", VALID_INBOX,
+         "--auth-password", "am_validkey12345678901234567890123456", "--from", "test@agentmail.dev", "--to", "test@example.com"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert sent.returncode == 0
+    assert "<-  235 2.7.0 Authentication successful" in sent.stdout
+    assert "<-  250 2.0.0 Ok: queued as " in sent.stdout
+
+
+def test_runsmtp_port_in_use_is_one_clear_error(transactional_db: None) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "manage.py", "runsmtp", "--port", str(port)],
+            cwd=ROOT, env={**os.environ, "DATABASE_URL": database_url(), "DEBUG": "true"},
+            capture_output=True, text=True, timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"CommandError: Cannot listen on 127.0.0.1:{port}: that port is already in use." in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_createapikey_prints_a_working_key_once(scenarios: None, gateway: LiveGateway, extra_secrets: list[str]) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    call_command("createapikey", "--org", "org_abc", "--scope", "smtp:send", "--name", "cli", "--expires-in-days", "30", stdout=out, stderr=err)
+    plaintext = out.getvalue().strip()
+    extra_secrets.append(plaintext)
+    assert plaintext.startswith("am_") and len(plaintext) == 43
+    assert "only time" in err.getvalue() and plaintext not in err.getvalue()
+    api_key = ApiKey.objects.get(name="cli")
+    assert api_key.expires_at is not None and api_key.scopes == ["smtp:send"]
+    with gateway.smtp() as client:
+        assert auth(client, "PLAIN", VALID_INBOX, plaintext)[1] == "235 2.7.0 Authentication successful"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--org", "org_nope"], "No organization 'org_nope'."),
+        (["--org", "org_abc", "--scope", "root"], "Unknown scopes: root."),
+        (["--org", "org_abc", "--expires-in-days", "0"], "--expires-in-days must be a positive number of days."),
+    ],
+)
+def test_createapikey_errors(scenarios: None, args: list[str], message: str) -> None:
+    with pytest.raises(CommandError, match=message.replace(".", r"\.")):
+        call_command("createapikey", *args, stdout=io.StringIO(), stderr=io.StringIO())
+
+
+def test_loading_the_fixture_twice_is_harmless(scenarios: None) -> None:
+    counts = (Organization.objects.count(), Inbox.objects.count(), ApiKey.objects.count())
+    call_command("loaddata", "scenarios", verbosity=0)
+    assert (Organization.objects.count(), Inbox.objects.count(), ApiKey.objects.count()) == counts == (2, 3, 5)
