@@ -23,6 +23,7 @@ $(INSTALLED): requirements.txt requirements-dev.txt | $(PY)
 setup: $(INSTALLED) .env
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py loaddata scenarios
+	$(PY) manage.py gencert --if-missing
 
 # runsmtp in the foreground, the admin beside it; Ctrl-C stops both.
 run: setup

@@ -128,8 +128,15 @@ SMTP_PORT: int = env.int("SMTP_PORT", default=2525)
 SMTP_HOSTNAME: str = env.str("SMTP_HOSTNAME", default=socket.gethostname())
 SMTP_MAX_MESSAGE_SIZE: int = env.int("SMTP_MAX_MESSAGE_SIZE", default=10 * 1024 * 1024)
 SMTP_MAX_RECIPIENTS: int = env.int("SMTP_MAX_RECIPIENTS", default=100)
-# Plaintext AUTH is allowed until TLS is configured; see the README's AUTH policy.
-SMTP_AUTH_REQUIRE_TLS: bool = env.bool("SMTP_AUTH_REQUIRE_TLS", default=False)
+# TLS: a certificate enables STARTTLS on SMTP_PORT; SMTP_TLS_PORT (0 or unset:
+# off) adds a listener that speaks TLS from the first byte. Relative paths are
+# relative to the project root.
+SMTP_TLS_CERT_FILE: str = env.str("SMTP_TLS_CERT_FILE", default="")
+SMTP_TLS_KEY_FILE: str = env.str("SMTP_TLS_KEY_FILE", default="")
+SMTP_TLS_PORT: int | None = env.int("SMTP_TLS_PORT", default=0) or None
+SMTP_TLS_MIN_VERSION: str = env.str("SMTP_TLS_MIN_VERSION", default="1.2")
+# AUTH only over encryption, unless DEBUG is on (the loopback demo).
+SMTP_AUTH_REQUIRE_TLS: bool = env.bool("SMTP_AUTH_REQUIRE_TLS", default=not DEBUG)
 # Threads that run the gateway's database work (each holds one DB connection).
 # One is right for SQLite, which has a single writer; raise it for PostgreSQL.
 SMTP_DB_WORKERS: int = env.int("SMTP_DB_WORKERS", default=1)

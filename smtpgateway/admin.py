@@ -19,11 +19,13 @@ class AuthAttemptAdmin(admin.ModelAdmin):
         "key_prefix",
         "remote_addr",
         "remote_port",
+        "encrypted",
+        "tls_version",
         "session_id",
         "inbox",
         "organization",
     )
-    list_filter = ("success", "reason", "mechanism", "organization")
+    list_filter = ("success", "reason", "mechanism", "encrypted", "tls_version", "organization")
     list_select_related = ("inbox", "organization")
     search_fields = ("username", "remote_addr", "session_id", "key_prefix")
     date_hierarchy = "created_at"

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from django.db import DatabaseError, transaction
 from django.utils import timezone
@@ -33,6 +33,9 @@ from inboxes.ids import INBOX_ID_PATTERN
 from inboxes.models import Inbox
 from smtpgateway.reasons import Reason
 from smtpgateway.recorder import AttemptRecord, recorder
+
+if TYPE_CHECKING:
+    from smtpgateway.tls import TlsInfo
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +130,7 @@ class Peer:
     session_id: str
     remote_addr: str | None
     remote_port: int | None
+    tls: TlsInfo | None = None
 
 
 def authenticate(peer: Peer, mechanism: str, username: bytes, password: bytes) -> Outcome:

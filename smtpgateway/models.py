@@ -14,6 +14,9 @@ class AuthAttempt(models.Model):
     remote_addr = models.GenericIPAddressField(null=True, blank=True, db_index=True)
     remote_port = models.PositiveIntegerField(null=True, blank=True)
     session_id = models.CharField(max_length=32, db_index=True, help_text="Also in the gateway's log lines.")
+    encrypted = models.BooleanField(default=False, db_index=True, help_text="Whether the session was under TLS.")
+    tls_version = models.CharField(max_length=16, blank=True)
+    tls_cipher = models.CharField(max_length=64, blank=True)
     mechanism = models.CharField(max_length=32, blank=True, db_index=True)
     username = models.CharField(
         max_length=USERNAME_MAX_LENGTH,

@@ -39,6 +39,9 @@ class AttemptRecord:
     session_id: str
     remote_addr: str | None
     remote_port: int | None
+    encrypted: bool
+    tls_version: str
+    tls_cipher: str
     mechanism: str
     username: str
     key_prefix: str
@@ -67,6 +70,9 @@ class AttemptRecord:
             session_id=peer.session_id,
             remote_addr=peer.remote_addr,
             remote_port=peer.remote_port,
+            encrypted=peer.tls is not None,
+            tls_version=peer.tls.version if peer.tls else "",
+            tls_cipher=peer.tls.cipher[:64] if peer.tls else "",
             mechanism=mechanism[:32],
             username=presented_username(username, USERNAME_MAX_LENGTH),
             key_prefix=key_prefix,

@@ -26,6 +26,11 @@ BYE = "221 2.0.0 Bye"
 INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
 LINE_TOO_LONG = "500 5.5.2 Line too long"
 
+# --- TLS --------------------------------------------------------------------------
+STARTTLS_SYNTAX = "501 5.5.4 Syntax: STARTTLS"
+TLS_NOT_AVAILABLE = "454 4.7.0 TLS not available"
+TLS_ALREADY_ACTIVE = "503 5.5.1 TLS already active"
+
 # --- AUTH -------------------------------------------------------------------------
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
@@ -73,7 +78,7 @@ _AIOSMTPD_REPLIES: dict[str, str] = {
     "552 Error: Too much mail data": MESSAGE_TOO_LARGE,
     "552 Error: message size exceeds fixed maximum message size": MESSAGE_TOO_LARGE,
     "220 Ready to start TLS": "220 2.0.0 Ready to start TLS",
-    "454 TLS not available": "454 4.7.0 TLS not available",
+    "454 TLS not available": TLS_NOT_AVAILABLE,
     "503 Already authenticated": AUTH_ALREADY,
     "530 Must issue a STARTTLS command first": "530 5.7.0 Must issue a STARTTLS command first",
     "554 Command refused due to lack of security": "554 5.7.0 Command refused due to lack of security",

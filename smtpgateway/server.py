@@ -19,11 +19,13 @@ import collections
 import logging
 import secrets
 import signal
+import ssl
 import weakref
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable
 
-from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
 from django.conf import settings
 from django.db import DatabaseError
 
@@ -32,6 +34,7 @@ from smtpgateway.auth import Outcome, Peer, authenticate, record_unvalidated
 from smtpgateway.reasons import Reason
 from smtpgateway.recorder import recorder
 from smtpgateway.submission import Submission, store_message
+from smtpgateway.tls import CertificateStore, TlsInfo
 from smtpgateway.worker import DatabaseWorker
 
 log = logging.getLogger(__name__)
@@ -58,9 +61,14 @@ class GatewayConfig:
     db_workers: int
     backlog: int
     idle_timeout: float = 300.0
+    tls_port: int | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_min_version: str = "1.2"
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> GatewayConfig:
+        cert, key = settings.SMTP_TLS_CERT_FILE, settings.SMTP_TLS_KEY_FILE
         config = cls(
             host=settings.SMTP_HOST,
             port=settings.SMTP_PORT,
@@ -70,7 +78,12 @@ class GatewayConfig:
             auth_require_tls=settings.SMTP_AUTH_REQUIRE_TLS,
             db_workers=settings.SMTP_DB_WORKERS,
             backlog=settings.SMTP_LISTEN_BACKLOG,
+            tls_port=settings.SMTP_TLS_PORT,
+            tls_cert_file=settings.BASE_DIR / cert if cert else None,
+            tls_key_file=settings.BASE_DIR / key if key else None,
+            tls_min_version=settings.SMTP_TLS_MIN_VERSION,
         )
+        # None means "as the settings say" (a command-line option left out).
         return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -90,6 +103,7 @@ class GatewaySession(Session):
         super().__init__(loop)
         self.session_id: str = secrets.token_hex(6)
         self.identity: Identity | None = None
+        self.tls: TlsInfo | None = None
 
 
 @dataclass(slots=True)
@@ -102,7 +116,12 @@ class _Rejected:
 
 
 class GatewaySMTP(SMTP):
-    def __init__(self, handler: GatewayHandler, loop: asyncio.AbstractEventLoop) -> None:
+    """One SMTP session. ``starttls_context`` is the context STARTTLS upgrades with
+    (None on the implicit-TLS listener, where the connection is already encrypted)."""
+
+    def __init__(
+        self, handler: GatewayHandler, loop: asyncio.AbstractEventLoop, starttls_context: ssl.SSLContext | None = None
+    ) -> None:
         config = handler.config
         super().__init__(
             handler,
@@ -111,7 +130,7 @@ class GatewaySMTP(SMTP):
             decode_data=False,
             hostname=config.hostname,
             ident=replies.GREETING_TEXT,
-            tls_context=None,
+            tls_context=starttls_context,
             require_starttls=False,
             timeout=config.idle_timeout,
             auth_required=False,  # enforced by check_auth_needed below
@@ -130,6 +149,17 @@ class GatewaySMTP(SMTP):
 
     def _create_session(self) -> GatewaySession:
         return GatewaySession(self.loop)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        previous = self.session
+        super().connection_made(transport)  # also after STARTTLS, with a new session
+        session = self.gateway_session()
+        if isinstance(previous, GatewaySession):
+            session.session_id = previous.session_id  # one id for the whole connection
+        # Judged from the transport itself, so that a connection to the implicit-TLS
+        # listener counts as encrypted too (aiosmtpd looks only at its own STARTTLS
+        # state and withholds AUTH there: aio-libs/aiosmtpd issue 281).
+        session.tls = TlsInfo.of(transport)
 
     def gateway_session(self) -> GatewaySession:
         # A method, not a property: aiosmtpd's __init__ reflects over every
@@ -150,8 +180,11 @@ class GatewaySMTP(SMTP):
         await self._writer.drain()
 
     # --- EHLO --------------------------------------------------------------------
+    def encrypted(self) -> bool:
+        return self.gateway_session().tls is not None
+
     def auth_offered(self) -> bool:
-        return not self._auth_require_tls or self._tls_protocol is not None
+        return not self._auth_require_tls or self.encrypted()
 
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:
@@ -163,12 +196,23 @@ class GatewaySMTP(SMTP):
         session.extended_smtp = True
         session.host_name = hostname
         lines = [self.hostname, f"SIZE {self.data_size_limit}", "8BITMIME", "SMTPUTF8", "PIPELINING"]
-        if self.tls_context and self._tls_protocol is None:
+        if self.tls_context and not self.encrypted():
             lines.append("STARTTLS")
         if self.auth_offered():
             lines.append("AUTH " + " ".join(AUTH_MECHANISMS))
         lines.append("ENHANCEDSTATUSCODES")
         await self._push_lines(lines)
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str | None) -> None:
+        if arg:
+            await self.push(replies.STARTTLS_SYNTAX)
+        elif self.encrypted():
+            await self.push(replies.TLS_ALREADY_ACTIVE)
+        elif not self.tls_context:
+            await self.push(replies.TLS_NOT_AVAILABLE)
+        else:
+            await super().smtp_STARTTLS(arg)
 
     # --- AUTH --------------------------------------------------------------------
     async def check_auth_needed(self, caller_method: str) -> bool:
@@ -180,7 +224,7 @@ class GatewaySMTP(SMTP):
     def peer(self) -> Peer:
         session = self.gateway_session()
         address = session.peer if isinstance(session.peer, tuple) else (None, None)
-        return Peer(session.session_id, address[0], address[1])
+        return Peer(session.session_id, address[0], address[1], session.tls)
 
     @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg: str | None) -> None:
@@ -343,8 +387,8 @@ class GatewayHandler:
             helo_name=session.host_name or "unknown",
             remote_addr=server.peer().remote_addr,
             hostname=self.config.hostname,
-            protocol="ESMTPSA" if session.ssl else "ESMTPA",
-            tls_note="",
+            protocol="ESMTPSA" if session.tls else "ESMTPA",
+            tls_note=session.tls.received_note() if session.tls else "",
             mail_from=envelope.mail_from,
             rcpt_tos=tuple(envelope.rcpt_tos),
             content=envelope.original_content or b"",
@@ -365,6 +409,11 @@ class GatewayHandler:
         return replies.QUEUED.format(queue_id=queue_id)
 
     async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            # A client that cannot (or will not) complete the handshake after
+            # STARTTLS: aiosmtpd closes that connection and nothing else.
+            log.info("TLS handshake after STARTTLS failed: %s", error.__cause__ or error)
+            return replies.TLS_NOT_AVAILABLE
         # The traceback goes to our log; the client gets a generic reply.
         log.error("Unexpected error in an SMTP session", exc_info=error)
         return replies.INTERNAL_ERROR
@@ -375,28 +424,50 @@ class GatewayServer:
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
+        self.certificates: CertificateStore | None = None
+        if config.tls_cert_file and config.tls_key_file:
+            self.certificates = CertificateStore(config.tls_cert_file, config.tls_key_file, config.tls_min_version)
+        elif config.tls_port is not None:
+            raise ValueError("An implicit-TLS port needs SMTP_TLS_CERT_FILE and SMTP_TLS_KEY_FILE.")
         self.db = DatabaseWorker(config.db_workers)
         self.handler = GatewayHandler(config, self.db)
         self._listeners: list[asyncio.base_events.Server] = []
         self._sessions: weakref.WeakSet[GatewaySMTP] = weakref.WeakSet()
         self._flush_task: asyncio.Task[None] | None = None
 
-    def _new_protocol(self) -> GatewaySMTP:
-        protocol = GatewaySMTP(self.handler, asyncio.get_running_loop())
+    def _new_protocol(self, starttls_context: ssl.SSLContext | None) -> GatewaySMTP:
+        protocol = GatewaySMTP(self.handler, asyncio.get_running_loop(), starttls_context)
         self._sessions.add(protocol)
         return protocol
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        listener = await loop.create_server(
-            self._new_protocol, host=self.config.host, port=self.config.port, backlog=self.config.backlog, reuse_address=True
+        context = self.certificates.context if self.certificates else None
+        common = {"host": self.config.host, "backlog": self.config.backlog, "reuse_address": True}
+        self._listeners.append(
+            await loop.create_server(lambda: self._new_protocol(context), port=self.config.port, **common)
         )
-        self._listeners.append(listener)
+        if self.config.tls_port is not None:  # 0: any free port (tests)
+            self._listeners.append(
+                await loop.create_server(
+                    lambda: self._new_protocol(None), port=self.config.tls_port, ssl=context, ssl_handshake_timeout=30, **common
+                )
+            )
         self._flush_task = loop.create_task(self._flush_kept_records())
 
     @property
     def port(self) -> int:
         return self._listeners[0].sockets[0].getsockname()[1]
+
+    @property
+    def tls_port(self) -> int | None:
+        return self._listeners[1].sockets[0].getsockname()[1] if len(self._listeners) > 1 else None
+
+    def reload_certificates(self) -> None:
+        if self.certificates is None:
+            log.warning("Asked to reload TLS certificates, but none are configured")
+            return
+        self.certificates.reload()
 
     async def _flush_kept_records(self) -> None:
         while True:
@@ -419,12 +490,14 @@ class GatewayServer:
 
 
 async def serve_until_signalled(config: GatewayConfig, on_ready: Callable[[GatewayServer], None]) -> None:
-    """Run the gateway until SIGINT or SIGTERM, then stop it cleanly."""
+    """Run the gateway until SIGINT or SIGTERM, then stop it cleanly. SIGHUP
+    re-reads the TLS certificate without dropping a connection."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     server = GatewayServer(config)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_certificates)
     await server.start()
     on_ready(server)
     await stop.wait()

@@ -7,7 +7,7 @@ import base64
 import smtplib
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from smtpgateway.server import GatewayConfig, GatewayServer
@@ -74,7 +74,10 @@ class LiveGateway:
     """The real GatewayServer on its own event loop in a thread, on a free port."""
 
     def __init__(self, **overrides: Any) -> None:
-        self.config = GatewayConfig.from_settings(host="127.0.0.1", port=0, **overrides)
+        # Independent of the developer's .env: no TLS and plaintext AUTH unless asked.
+        pinned = {"host": "127.0.0.1", "port": 0, "auth_require_tls": False}
+        pinned |= {"tls_port": None, "tls_cert_file": None, "tls_key_file": None}
+        self.config = replace(GatewayConfig.from_settings(), **(pinned | overrides))
         self.loop = asyncio.new_event_loop()
         self.server = GatewayServer(self.config)
         self._ready = threading.Event()
@@ -109,6 +112,12 @@ class LiveGateway:
     @property
     def port(self) -> int:
         return self.server.port
+
+    @property
+    def tls_port(self) -> int:
+        port = self.server.tls_port
+        assert port is not None, "this gateway has no implicit-TLS listener"
+        return port
 
     def smtp(self, timeout: float = 10) -> smtplib.SMTP:
         client = smtplib.SMTP("127.0.0.1", self.port, timeout=timeout)

@@ -23,6 +23,7 @@ from smtpgateway.models import AuthAttempt
 from tests.helpers import DEMO_KEYS, VALID_INBOX, LiveGateway, auth, database_url, free_port, secret_markers
 
 ROOT = Path(__file__).resolve().parent.parent
+NO_TLS = {"SMTP_TLS_CERT_FILE": "", "SMTP_TLS_KEY_FILE": "", "SMTP_TLS_PORT": "0", "SMTP_AUTH_REQUIRE_TLS": "false"}
 
 
 class RunSmtp:
@@ -30,7 +31,8 @@ class RunSmtp:
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
-        environment = {**os.environ, "DATABASE_URL": database_url(), "DEBUG": "true", **(env or {})}
+        # Independent of the developer's .env: no TLS unless the test asks.
+        environment = {**os.environ, "DATABASE_URL": database_url(), "DEBUG": "true", **NO_TLS, **(env or {})}
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", "runsmtp", "--port", str(self.port), *args],
             cwd=ROOT,
@@ -69,7 +71,7 @@ def runsmtp(scenarios: None, leak_guard: None) -> Iterator[RunSmtp]:
 def test_runsmtp_banner_and_clean_stop_on_sigterm(runsmtp: RunSmtp) -> None:
     banner = "\n".join(runsmtp.banner)
     assert f"agentmail-smtp listening on 127.0.0.1:{runsmtp.port}" in banner
-    assert "AUTH:      PLAIN LOGIN, plaintext allowed" in banner
+    assert "AUTH:      PLAIN LOGIN, plaintext allowed (SMTP_AUTH_REQUIRE_TLS is off: demo only)" in banner
     assert "TLS:" in banner and "database:" in banner
     with socket.create_connection(("127.0.0.1", runsmtp.port), timeout=5) as sock:
         assert sock.recv(100).startswith(b"220 ")
@@ -114,7 +116,7 @@ def test_runsmtp_port_in_use_is_one_clear_error(transactional_db: None) -> None:
         port = taken.getsockname()[1]
         result = subprocess.run(
             [sys.executable, "manage.py", "runsmtp", "--port", str(port)],
-            cwd=ROOT, env={**os.environ, "DATABASE_URL": database_url(), "DEBUG": "true"},
+            cwd=ROOT, env={**os.environ, "DATABASE_URL": database_url(), "DEBUG": "true", **NO_TLS},
             capture_output=True, text=True, timeout=60,
         )
     assert result.returncode == 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ssl
+from dataclasses import replace
 from typing import Any
 
 from django.conf import settings
@@ -29,11 +31,22 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", help=f"Address to listen on (default SMTP_HOST, {settings.SMTP_HOST}).")
         parser.add_argument("--port", type=int, help=f"Port to listen on (default SMTP_PORT, {settings.SMTP_PORT}).")
+        parser.add_argument(
+            "--tls-port",
+            type=int,
+            help="Also listen here with TLS from the first byte (implicit TLS, e.g. 465; default SMTP_TLS_PORT, 0 = off).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         config = GatewayConfig.from_settings(host=options["host"], port=options["port"])
+        if options["tls_port"] is not None:
+            config = replace(config, tls_port=options["tls_port"] or None)
         try:
             asyncio.run(serve_until_signalled(config, on_ready=self.print_banner))
+        except (ValueError, ssl.SSLError) as error:
+            raise CommandError(f"TLS is misconfigured: {error}") from error
+        except FileNotFoundError as error:
+            raise CommandError(f"TLS certificate or key not found: {error.filename} (make one with manage.py gencert).") from error
         except OSError as error:
             reason = {
                 errno.EADDRINUSE: "that port is already in use",
@@ -45,18 +58,25 @@ class Command(BaseCommand):
 
     def print_banner(self, server: GatewayServer) -> None:
         config = server.config
-        auth_policy = "requires TLS" if config.auth_require_tls else "plaintext allowed (SMTP_AUTH_REQUIRE_TLS is off)"
-        self.stdout.write(
-            "\n".join(
-                [
-                    f"agentmail-smtp listening on {config.host}:{server.port}",
-                    f"  hostname:  {config.hostname}",
-                    f"  AUTH:      {' '.join(AUTH_MECHANISMS)}, {auth_policy}",
-                    "  TLS:       off (no certificate configured)",
-                    f"  limits:    {config.max_message_size} bytes per message, {config.max_recipients} recipients",
-                    f"  database:  {describe_database()}",
-                    "Quit with Ctrl-C.",
-                ]
-            )
-        )
+        certificates = server.certificates
+        lines = [f"agentmail-smtp listening on {config.host}:{server.port} ({'STARTTLS' if certificates else 'plaintext only'})"]
+        if server.tls_port:
+            lines.append(f"                          {config.host}:{server.tls_port} (implicit TLS)")
+        lines.append(f"  hostname:  {config.hostname}")
+        if config.auth_require_tls:
+            lines.append(f"  AUTH:      {' '.join(AUTH_MECHANISMS)}, only over TLS")
+            if certificates is None:
+                lines.append("  WARNING:   AUTH requires TLS but no certificate is configured: no client can log in")
+        else:
+            lines.append(f"  AUTH:      {' '.join(AUTH_MECHANISMS)}, plaintext allowed (SMTP_AUTH_REQUIRE_TLS is off: demo only)")
+        if certificates:
+            lines.append(f"  TLS:       {certificates.summary}; TLS {config.tls_min_version}+; SIGHUP reloads it")
+        else:
+            lines.append("  TLS:       off (no certificate configured)")
+        lines += [
+            f"  limits:    {config.max_message_size} bytes per message, {config.max_recipients} recipients",
+            f"  database:  {describe_database()}",
+            "Quit with Ctrl-C.",
+        ]
+        self.stdout.write("\n".join(lines))
         self.stdout.flush()

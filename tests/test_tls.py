@@ -1,0 +1,299 @@
+"""TLS as a submission server does it, with real handshakes and real clients:
+STARTTLS, implicit TLS, AUTH only over encryption, certificate reload on SIGHUP."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inboxes.models import Message
+from smtpgateway.models import AuthAttempt
+from smtpgateway.tls import CertificateSummary, write_self_signed
+from tests.helpers import SCENARIOS, VALID_EMAIL, VALID_INBOX, VALID_KEY, LiveGateway, Scenario, auth, b64, free_port
+from tests.test_commands import RunSmtp
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    write_self_signed(cert, key, "mail.test")
+    return cert, key
+
+
+@pytest.fixture
+def client_context(certificate: tuple[Path, Path]) -> ssl.SSLContext:
+    """A client that verifies the gateway's certificate (127.0.0.1 is in its SANs)."""
+    return ssl.create_default_context(cafile=str(certificate[0]))
+
+
+@pytest.fixture
+def tls_gateway(gateway_factory: Any, scenarios: None, certificate: tuple[Path, Path]) -> LiveGateway:
+    """Production policy: STARTTLS on the submission port, an implicit-TLS port,
+    AUTH only over TLS."""
+    cert, key = certificate
+    return gateway_factory(tls_cert_file=cert, tls_key_file=key, tls_port=0, auth_require_tls=True)
+
+
+def starttls_client(gateway: LiveGateway, context: ssl.SSLContext) -> smtplib.SMTP:
+    client = gateway.smtp()
+    client.starttls(context=context)
+    client.ehlo("tester.example")
+    return client
+
+
+def implicit_client(gateway: LiveGateway, context: ssl.SSLContext) -> smtplib.SMTP_SSL:
+    client = smtplib.SMTP_SSL("127.0.0.1", gateway.tls_port, context=context, timeout=10)
+    client.ehlo("tester.example")
+    return client
+
+
+def test_plaintext_offers_starttls_and_not_auth(tls_gateway: LiveGateway) -> None:
+    with tls_gateway.smtp() as client:
+        assert client.has_extn("starttls") and not client.has_extn("auth")
+        with pytest.raises(smtplib.SMTPNotSupportedError):
+            client.login(VALID_INBOX, VALID_KEY)  # smtplib itself refuses: AUTH not offered
+        # A client that tries anyway is refused, and the attempt is recorded.
+        code, reply = auth(client, "PLAIN", VALID_INBOX, VALID_KEY)
+    assert reply == "538 5.7.11 Encryption required for requested authentication mechanism"
+    attempt = AuthAttempt.objects.get()
+    assert (attempt.reason, attempt.success, attempt.encrypted) == ("ENCRYPTION_REQUIRED", False, False)
+
+
+def test_starttls_then_login(tls_gateway: LiveGateway, client_context: ssl.SSLContext) -> None:
+    with starttls_client(tls_gateway, client_context) as client:
+        assert client.has_extn("auth") and not client.has_extn("starttls")
+        assert client.login(VALID_INBOX, VALID_KEY) == (235, b"2.7.0 Authentication successful")
+        client.sendmail(VALID_EMAIL, ["a@example.com"], b"Subject: over TLS\r\n\r\nhi\r\n")
+    attempt = AuthAttempt.objects.get()
+    assert attempt.encrypted and attempt.tls_version == "TLSv1.3" and attempt.tls_cipher.startswith("TLS_")
+    raw = bytes(Message.objects.get().raw)
+    assert b" with ESMTPSA id " in raw
+    assert f"(using TLSv1.3 with cipher {attempt.tls_cipher} (".encode() in raw
+
+
+def test_starttls_failed_login_is_recorded(tls_gateway: LiveGateway, client_context: ssl.SSLContext) -> None:
+    with starttls_client(tls_gateway, client_context) as client:
+        with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+            client.login(VALID_INBOX, "am_wrongorg45678901234567890123456789")
+    assert refused.value.smtp_code == 535
+    # smtplib's login() tries PLAIN, then LOGIN: two attempts, both recorded.
+    attempts = AuthAttempt.objects.order_by("created_at").values_list("mechanism", "reason", "encrypted")
+    assert list(attempts) == [("PLAIN", "ORGANIZATION_MISMATCH", True), ("LOGIN", "ORGANIZATION_MISMATCH", True)]
+
+
+def test_session_id_survives_starttls(tls_gateway: LiveGateway, client_context: ssl.SSLContext) -> None:
+    with starttls_client(tls_gateway, client_context) as client:
+        client.login(VALID_INBOX, VALID_KEY)
+    with tls_gateway.smtp() as client:
+        auth(client, "PLAIN", VALID_INBOX, VALID_KEY)  # 538 on plaintext
+    ids = list(AuthAttempt.objects.values_list("session_id", flat=True))
+    assert len(set(ids)) == 2 and all(len(i) == 12 for i in ids)
+
+
+def test_implicit_tls_offers_auth(tls_gateway: LiveGateway, client_context: ssl.SSLContext) -> None:
+    """aiosmtpd withholds AUTH on implicit TLS (its issue 281); we do not."""
+    with implicit_client(tls_gateway, client_context) as client:
+        assert client.has_extn("auth") and not client.has_extn("starttls")
+        assert client.login(VALID_INBOX, VALID_KEY)[0] == 235
+    assert AuthAttempt.objects.get().encrypted
+
+
+@pytest.mark.parametrize("transport", ["starttls", "implicit"])
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[f"scenario{s.number}" for s in SCENARIOS])
+def test_ten_scenarios_over_tls(
+    tls_gateway: LiveGateway, client_context: ssl.SSLContext, scenario: Scenario, mechanism: str, transport: str
+) -> None:
+    connect = starttls_client if transport == "starttls" else implicit_client
+    with connect(tls_gateway, client_context) as client:
+        _, reply = auth(client, mechanism, scenario.username, scenario.password)
+    assert reply == scenario.reply
+    attempt = AuthAttempt.objects.get()
+    assert (attempt.reason, attempt.encrypted) == (scenario.reason, True)
+
+
+def test_second_starttls_and_starttls_on_implicit_tls(tls_gateway: LiveGateway, client_context: ssl.SSLContext) -> None:
+    with starttls_client(tls_gateway, client_context) as client:
+        assert client.docmd("STARTTLS") == (503, b"5.5.1 TLS already active")
+        assert client.noop()[0] == 250
+    with implicit_client(tls_gateway, client_context) as client:
+        assert client.docmd("STARTTLS") == (503, b"5.5.1 TLS already active")
+
+
+def test_starttls_without_certificate(gateway: LiveGateway) -> None:
+    wire = gateway.wire()
+    wire.command("EHLO tester.example")
+    assert wire.command("STARTTLS") == "454 4.7.0 TLS not available"
+    assert wire.command("STARTTLS now") == "501 5.5.4 Syntax: STARTTLS"
+    assert wire.command("NOOP") == "250 2.0.0 OK"
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    received = b""
+    try:
+        while chunk := sock.recv(4096):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
+def assert_still_serving(gateway: LiveGateway, context: ssl.SSLContext) -> None:
+    with starttls_client(gateway, context) as client:
+        assert client.login(VALID_INBOX, VALID_KEY)[0] == 235
+
+
+def test_garbage_instead_of_a_handshake_costs_only_that_connection(
+    tls_gateway: LiveGateway, client_context: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    # After STARTTLS:
+    wire = tls_gateway.wire()
+    wire.command("EHLO tester.example")
+    assert wire.command("STARTTLS") == "220 2.0.0 Ready to start TLS"
+    wire.sock.sendall(b"\x00\xffGET / HTTP/1.1\r\n\r\n" * 50)
+    assert wire.closed_by_server()
+    # On the implicit-TLS port (the server may send a TLS alert, never SMTP):
+    with socket.create_connection(("127.0.0.1", tls_gateway.tls_port), timeout=10) as raw:
+        raw.sendall(b"EHLO not-tls\r\n" * 10)
+        received = read_until_closed(raw)
+        assert not received.startswith(b"220") and not received.startswith(b"250")
+    # Dropping in the middle of a handshake:
+    with socket.create_connection(("127.0.0.1", tls_gateway.tls_port), timeout=10) as raw:
+        raw.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # the start of a ClientHello
+    assert_still_serving(tls_gateway, client_context)
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+def test_minimum_tls_version(gateway_factory: Any, scenarios: None, certificate: tuple[Path, Path], client_context: ssl.SSLContext) -> None:
+    cert, key = certificate
+    gateway = gateway_factory(tls_cert_file=cert, tls_key_file=key, tls_port=0, tls_min_version="1.3")
+    client_context.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises(ssl.SSLError):
+        implicit_client(gateway, client_context)
+    client_context.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED
+    with implicit_client(gateway, client_context) as client:
+        assert client.noop()[0] == 250
+
+
+def test_admin_filters_on_encryption(tls_gateway: LiveGateway, client_context: ssl.SSLContext, admin_client) -> None:  # type: ignore[no-untyped-def]
+    with starttls_client(tls_gateway, client_context) as client:
+        client.login(VALID_INBOX, VALID_KEY)
+    with tls_gateway.smtp() as client:
+        auth(client, "PLAIN", VALID_INBOX, VALID_KEY)
+    page = admin_client.get("/admin/smtpgateway/authattempt/", {"encrypted__exact": "1"})
+    assert [a.reason for a in page.context["cl"].result_list] == ["OK"]
+
+
+# --- real clients: swaks and openssl -------------------------------------------------
+
+
+@pytest.fixture
+def tls_runsmtp(scenarios: None, leak_guard: None, certificate: tuple[Path, Path]) -> Any:
+    cert, key = certificate
+    tls_port = free_port()
+    server = RunSmtp(
+        "--tls-port",
+        str(tls_port),
+        env={"SMTP_TLS_CERT_FILE": str(cert), "SMTP_TLS_KEY_FILE": str(key), "SMTP_AUTH_REQUIRE_TLS": "true"},
+    )
+    server.tls_port = tls_port  # type: ignore[attr-defined]
+    yield server
+    if server.process.poll() is None:
+        server.stop()
+
+
+def swaks(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["swaks", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed (.ci/run installs it)")
+def test_swaks_starttls_and_implicit_tls(tls_runsmtp: RunSmtp) -> None:
+    banner = "\n".join(tls_runsmtp.banner)
+    assert "(implicit TLS)" in banner and "only over TLS" in banner and "SIGHUP reloads it" in banner
+    credentials = ["--auth", "PLAIN", "--auth-user", VALID_INBOX, "--auth-password", VALID_KEY]
+    mail = ["--from", VALID_EMAIL, "--to", "a@example.com"]
+    starttls = swaks("--server", f"127.0.0.1:{tls_runsmtp.port}", "--tls", *credentials, *mail)
+    assert starttls.returncode == 0, starttls.stdout[-500:]
+    assert "=== TLS started with cipher TLSv1.3" in starttls.stdout
+    assert "<~  235 2.7.0 Authentication successful" in starttls.stdout
+    assert "<~  250 2.0.0 Ok: queued as " in starttls.stdout
+    implicit = swaks("--server", f"127.0.0.1:{tls_runsmtp.tls_port}", "--tlsc", *credentials, *mail)  # type: ignore[attr-defined]
+    assert implicit.returncode == 0, implicit.stdout[-500:]
+    assert "<~  235 2.7.0 Authentication successful" in implicit.stdout
+    plaintext = swaks("--server", f"127.0.0.1:{tls_runsmtp.port}", "--auth", "PLAIN", "--auth-user", VALID_INBOX, "--auth-password", VALID_KEY, "--quit-after", "AUTH")
+    assert plaintext.returncode != 0  # AUTH is not offered without TLS
+    assert Message.objects.count() == 2
+    assert list(AuthAttempt.objects.values_list("encrypted", flat=True)) == [True, True]
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_openssl_s_client_starttls(tls_runsmtp: RunSmtp, certificate: tuple[Path, Path]) -> None:
+    session = subprocess.run(
+        ["openssl", "s_client", "-starttls", "smtp", "-connect", f"127.0.0.1:{tls_runsmtp.port}", "-CAfile", str(certificate[0]), "-verify_return_error", "-quiet"],
+        input="EHLO openssl.example\r\nAUTH PLAIN " + b64(f"\0{VALID_INBOX}\0{VALID_KEY}") + "\r\nQUIT\r\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "250-AUTH PLAIN LOGIN" in session.stdout
+    assert "235 2.7.0 Authentication successful" in session.stdout
+    assert "221 2.0.0 Bye" in session.stdout
+
+
+# --- certificate rotation ------------------------------------------------------------------
+
+
+def served_serial(port: int, cafile: Path) -> int:
+    context = ssl.create_default_context(cafile=str(cafile))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            from cryptography import x509
+
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_sighup_reloads_the_certificate_without_dropping_sessions(
+    tls_runsmtp: RunSmtp, certificate: tuple[Path, Path], client_context: ssl.SSLContext
+) -> None:
+    cert, key = certificate
+    port = tls_runsmtp.tls_port  # type: ignore[attr-defined]
+    old = CertificateSummary.of_file(cert)
+    assert served_serial(port, cert) == old.serial
+    # A session established before the reload...
+    open_session = smtplib.SMTP_SSL("127.0.0.1", port, context=client_context, timeout=10)
+    open_session.ehlo("before.example")
+
+    renewed = write_self_signed(cert, key, "mail.test")
+    assert renewed.serial != old.serial
+    os.kill(tls_runsmtp.process.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while served_serial(port, cert) != renewed.serial:
+        assert time.monotonic() < deadline, "the new certificate was not served after SIGHUP"
+        time.sleep(0.1)
+
+    # ...is still there and still works, and new sessions get the new certificate.
+    assert open_session.login(VALID_INBOX, VALID_KEY)[0] == 235
+    open_session.quit()
+    assert tls_runsmtp.process.poll() is None
+
+    # A broken file on the next SIGHUP keeps the renewed certificate in service.
+    renewed_pem = shutil.copy(cert, cert.with_name("renewed.pem"))
+    cert.write_text("not a certificate")
+    os.kill(tls_runsmtp.process.pid, signal.SIGHUP)
+    time.sleep(0.5)
+    assert served_serial(port, Path(renewed_pem)) == renewed.serial
+    code, _, err = tls_runsmtp.stop()
+    assert code == 0
+    assert "TLS certificate reloaded" in err and "TLS certificate not reloaded, still serving the previous one" in err
