@@ -141,6 +141,18 @@ SMTP_AUTH_REQUIRE_TLS: bool = env.bool("SMTP_AUTH_REQUIRE_TLS", default=not DEBU
 # One is right for SQLite, which has a single writer; raise it for PostgreSQL.
 SMTP_DB_WORKERS: int = env.int("SMTP_DB_WORKERS", default=1)
 SMTP_LISTEN_BACKLOG: int = env.int("SMTP_LISTEN_BACKLOG", default=1024)
+
+# Abuse limits (see the README's "Reliability" section).
+SMTP_AUTH_MAX_FAILURES: int = env.int("SMTP_AUTH_MAX_FAILURES", default=3)
+SMTP_AUTH_FAILURE_DELAY: float = env.float("SMTP_AUTH_FAILURE_DELAY", default=1.0)
+SMTP_AUTH_RATE_LIMIT: str = env.str("SMTP_AUTH_RATE_LIMIT", default="10/600")
+SMTP_THROTTLE_EXEMPT: list[str] = env.list("SMTP_THROTTLE_EXEMPT", default=[])
+SMTP_MAX_CONNECTIONS: int = env.int("SMTP_MAX_CONNECTIONS", default=1000)
+SMTP_MAX_CONNECTIONS_PER_IP: int = env.int("SMTP_MAX_CONNECTIONS_PER_IP", default=20)
+SMTP_MAX_UNAUTH_COMMANDS: int = env.int("SMTP_MAX_UNAUTH_COMMANDS", default=10)
+SMTP_IDLE_TIMEOUT: float = env.float("SMTP_IDLE_TIMEOUT", default=300.0)
+SMTP_DATA_TIMEOUT: float = env.float("SMTP_DATA_TIMEOUT", default=600.0)
+SMTP_SHUTDOWN_GRACE: float = env.float("SMTP_SHUTDOWN_GRACE", default=30.0)
 # AuthAttempt records kept in memory while the database cannot take them.
 SMTP_AUTH_BACKLOG_MAX: int = env.int("SMTP_AUTH_BACKLOG_MAX", default=10_000)
 

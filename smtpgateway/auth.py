@@ -31,10 +31,12 @@ from apikeys.models import ApiKey
 from apikeys.scopes import SMTP_SEND
 from inboxes.ids import INBOX_ID_PATTERN
 from inboxes.models import Inbox
-from smtpgateway.reasons import Reason
+from smtpgateway.models import AuthAttempt
+from smtpgateway.reasons import CREDENTIAL_FAILURES, Reason
 from smtpgateway.recorder import AttemptRecord, recorder
 
 if TYPE_CHECKING:
+    from smtpgateway.limits import RateLimit
     from smtpgateway.tls import TlsInfo
 
 log = logging.getLogger(__name__)
@@ -133,8 +135,22 @@ class Peer:
     tls: TlsInfo | None = None
 
 
-def authenticate(peer: Peer, mechanism: str, username: bytes, password: bytes) -> Outcome:
-    """Validate and record one AUTH attempt. Runs in a database worker thread.
+def recent_failures(remote_addr: str | None, since: datetime, limit: int) -> int:
+    """Failed credential checks from this address since ``since`` (counted up to
+    ``limit``). Counted in the database, so every gateway process sharing it sees
+    the same number. RATE_LIMITED refusals do not count: lockout ends one window
+    after the last real guess."""
+    failures = AuthAttempt.objects.filter(
+        remote_addr=remote_addr, success=False, created_at__gte=since, reason__in=CREDENTIAL_FAILURES
+    )
+    return len(failures.values_list("id", flat=True)[:limit])
+
+
+def authenticate(
+    peer: Peer, mechanism: str, username: bytes, password: bytes, rate_limit: RateLimit | None = None
+) -> Outcome:
+    """Check the rate limit, validate and record one AUTH attempt. Runs in a
+    database worker thread. ``rate_limit`` is None for exempt addresses.
 
     A database error while validating or recording yields TEMPORARY_FAILURE; the
     client gets a 4xx and the record is kept by the recorder until it can be
@@ -144,7 +160,10 @@ def authenticate(peer: Peer, mechanism: str, username: bytes, password: bytes) -
     user_text = username.decode("utf-8", errors="replace")
     secret_text = password.decode("ascii", errors="replace")
     try:
-        outcome = validate(user_text, secret_text, lookup_in_database, now)
+        if rate_limit and recent_failures(peer.remote_addr, now - rate_limit.window, rate_limit.failures) >= rate_limit.failures:
+            outcome = Outcome(Reason.RATE_LIMITED)
+        else:
+            outcome = validate(user_text, secret_text, lookup_in_database, now)
     except DatabaseError:
         log.exception("Database error while validating AUTH (session %s)", peer.session_id)
         outcome = Outcome(Reason.TEMPORARY_FAILURE)

@@ -30,3 +30,21 @@ class Reason(StrEnum):
     @classmethod
     def choices(cls) -> list[tuple[str, str]]:
         return [(member.value, member.value) for member in cls]
+
+
+# Failed credential checks: what the per-address rate limit counts.
+CREDENTIAL_FAILURES = tuple(
+    reason.value
+    for reason in (
+        Reason.INVALID_INBOX_FORMAT,
+        Reason.INVALID_API_KEY_FORMAT,
+        Reason.API_KEY_NOT_FOUND,
+        Reason.API_KEY_REVOKED,
+        Reason.API_KEY_EXPIRED,
+        Reason.INSUFFICIENT_PERMISSIONS,
+        Reason.INBOX_NOT_FOUND,
+        Reason.INBOX_DISABLED,
+        Reason.INBOX_SUSPENDED,
+        Reason.ORGANIZATION_MISMATCH,
+    )
+)

@@ -25,6 +25,17 @@ OK = "250 2.0.0 OK"
 BYE = "221 2.0.0 Bye"
 INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
 LINE_TOO_LONG = "500 5.5.2 Line too long"
+BAD_SYNTAX = "500 5.5.2 Error: bad syntax"
+TOO_MANY_UNRECOGNIZED = "502 5.5.1 Too many unrecognized commands, goodbye"
+TIMEOUT = "421 4.4.2 {hostname} Error: timeout exceeded"
+SHUTTING_DOWN = "421 4.3.2 Service shutting down"
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
+TOO_MANY_UNAUTHENTICATED_COMMANDS = "421 4.7.0 Too many commands without authentication"
+
+
+def unrecognized(command: str | None) -> str:
+    """Echo the command word only when it is a plain word (never client bytes)."""
+    return f'500 5.5.2 Error: command "{command}" not recognized' if command else "500 5.5.2 Error: command not recognized"
 
 # --- TLS --------------------------------------------------------------------------
 STARTTLS_SYNTAX = "501 5.5.4 Syntax: STARTTLS"
@@ -45,6 +56,7 @@ AUTH_ALREADY = "503 5.5.1 Already authenticated"
 AUTH_NEEDS_EHLO = "503 5.5.1 Error: send EHLO first"
 AUTH_ENCRYPTION_REQUIRED = "538 5.7.11 Encryption required for requested authentication mechanism"
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
+TOO_MANY_AUTH_FAILURES = "421 4.7.0 Too many authentication failures"
 
 
 
@@ -55,7 +67,7 @@ def auth_reply(reason: Reason) -> str:
         return AUTH_OK
     if reason is Reason.INSUFFICIENT_PERMISSIONS:
         return AUTH_INSUFFICIENT_PERMISSIONS
-    if reason is Reason.TEMPORARY_FAILURE:
+    if reason in (Reason.TEMPORARY_FAILURE, Reason.RATE_LIMITED):
         return AUTH_TEMPORARY_FAILURE
     return AUTH_INVALID
 

@@ -74,9 +74,11 @@ class LiveGateway:
     """The real GatewayServer on its own event loop in a thread, on a free port."""
 
     def __init__(self, **overrides: Any) -> None:
-        # Independent of the developer's .env: no TLS and plaintext AUTH unless asked.
-        pinned = {"host": "127.0.0.1", "port": 0, "auth_require_tls": False}
+        # Independent of the developer's .env: no TLS and plaintext AUTH unless
+        # asked, and failures answered at once (the delay has tests of its own).
+        pinned: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "auth_require_tls": False}
         pinned |= {"tls_port": None, "tls_cert_file": None, "tls_key_file": None}
+        pinned |= {"auth_failure_delay": 0.0, "throttle_exempt": ()}
         self.config = replace(GatewayConfig.from_settings(), **(pinned | overrides))
         self.loop = asyncio.new_event_loop()
         self.server = GatewayServer(self.config)

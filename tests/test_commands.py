@@ -24,6 +24,8 @@ from tests.helpers import DEMO_KEYS, VALID_INBOX, LiveGateway, auth, database_ur
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_TLS = {"SMTP_TLS_CERT_FILE": "", "SMTP_TLS_KEY_FILE": "", "SMTP_TLS_PORT": "0", "SMTP_AUTH_REQUIRE_TLS": "false"}
+# As the demo runs (.env.example): loopback is never throttled.
+DEMO_THROTTLING = {"SMTP_THROTTLE_EXEMPT": "127.0.0.0/8,::1"}
 
 
 class RunSmtp:
@@ -32,7 +34,7 @@ class RunSmtp:
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         # Independent of the developer's .env: no TLS unless the test asks.
-        environment = {**os.environ, "DATABASE_URL": database_url(), "DEBUG": "true", **NO_TLS, **(env or {})}
+        environment = {**os.environ, "DATABASE_URL": database_url(), "DEBUG": "true", **NO_TLS, **DEMO_THROTTLING, **(env or {})}
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", "runsmtp", "--port", str(self.port), *args],
             cwd=ROOT,

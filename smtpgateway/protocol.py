@@ -1,0 +1,479 @@
+"""One SMTP session: aiosmtpd's ``SMTP`` protocol with the gateway's rules.
+
+We keep aiosmtpd's command implementations (MAIL, RCPT, DATA, ...) and its TLS
+upgrade, and own what it leaves open:
+
+* the command loop, so that every line counts against the limits, nothing a client
+  sends is echoed into logs, and a shutting-down server answers ``421 4.3.2``;
+* EHLO (``PIPELINING``, ``ENHANCEDSTATUSCODES``) and an enhanced code on every reply;
+* the AUTH exchange, so that every attempt (even a malformed or abandoned one) is
+  recorded, failures are answered after a delay, and a session is closed after
+  too many failures;
+* connection admission (limits overall and per client address) and timeouts that
+  say ``421`` before they close.
+
+This module never touches the ORM: database work goes through the server's
+``DatabaseWorker`` as units from ``smtpgateway.auth``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import logging
+import re
+import secrets
+import ssl
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiosmtpd.smtp import SMTP, Session, TLSSetupException, syntax
+
+from smtpgateway import replies
+from smtpgateway.auth import Outcome, Peer, authenticate, record_unvalidated
+from smtpgateway.limits import is_exempt
+from smtpgateway.reasons import Reason
+from smtpgateway.tls import TlsInfo
+
+if TYPE_CHECKING:
+    from smtpgateway.server import GatewayHandler
+
+log = logging.getLogger("smtpgateway.server")
+
+AUTH_MECHANISMS = ("PLAIN", "LOGIN")
+# RFC 5321 4.5.3.1.4 allows 512 octets per command line; extensions may add to it
+# (SIZE=, BODY=, SMTPUTF8 on MAIL; RFC 4954 allows long AUTH lines).
+COMMAND_SIZE_LIMITS: collections.defaultdict[str, int] = collections.defaultdict(
+    lambda: 512, {"MAIL": 512 + 26 + 14 + 10, "AUTH": 1000}
+)
+UNRECOGNIZED_COMMANDS_LIMIT = 5
+_COMMAND_WORD = re.compile(r"[A-Z][A-Z0-9-]{0,15}\Z")
+_LOGIN_USERNAME_PROMPT = base64.b64encode(b"Username:")
+_LOGIN_PASSWORD_PROMPT = base64.b64encode(b"Password:")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a session authenticated as."""
+
+    inbox_pk: int
+    inbox_id: str
+    email: str
+    organization_id: int
+    api_key_id: int
+
+
+class GatewaySession(Session):
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.session_id: str = secrets.token_hex(6)
+        self.identity: Identity | None = None
+        self.tls: TlsInfo | None = None
+        self.auth_failures = 0
+
+
+@dataclass(slots=True)
+class _Rejected:
+    """An AUTH exchange that ended before validation."""
+
+    reason: Reason
+    reply: str
+    username: bytes = field(default=b"")
+
+
+class _ClientGone(Exception):
+    """The client closed its side; the session ends quietly."""
+
+
+class GatewaySMTP(SMTP):
+    """``starttls_context`` is what STARTTLS upgrades with (None on the implicit-TLS
+    listener, where the connection is encrypted from the start)."""
+
+    def __init__(
+        self, handler: GatewayHandler, loop: asyncio.AbstractEventLoop, starttls_context: ssl.SSLContext | None = None
+    ) -> None:
+        config = handler.config
+        super().__init__(
+            handler,
+            data_size_limit=config.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=config.hostname,
+            ident=replies.GREETING_TEXT,
+            tls_context=starttls_context,
+            require_starttls=False,
+            timeout=config.idle_timeout,
+            auth_required=False,  # enforced by check_auth_needed below
+            auth_require_tls=config.auth_require_tls,
+            auth_exclude_mechanism=None,
+            auth_callback=None,
+            command_call_limit=None,
+            authenticator=None,
+            proxy_protocol_timeout=None,
+            loop=loop,
+        )
+        # aiosmtpd keeps these limits in a class-level dict that grows with every
+        # EHLO; ours are fixed and shared.
+        self.command_size_limits = COMMAND_SIZE_LIMITS
+        self.event_handler: GatewayHandler = handler
+        self.config = config
+        self.busy = False  # a command is being carried out (shutdown waits for it)
+        self._admitted: str | None = None
+        self._counted = False
+        self._refused = False
+
+    def _create_session(self) -> GatewaySession:
+        return GatewaySession(self.loop)
+
+    def gateway_session(self) -> GatewaySession:
+        # A method, not a property: aiosmtpd's __init__ reflects over every
+        # attribute (inspect.getmembers) before a session exists.
+        assert isinstance(self.session, GatewaySession)
+        return self.session
+
+    # --- connection lifecycle --------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        previous = self.session
+        if previous is None:  # a new connection (not the STARTTLS upgrade)
+            peername = transport.get_extra_info("peername")
+            address = peername[0] if isinstance(peername, tuple) else None
+            refusal = self.event_handler.admission_refusal(address)
+            if refusal is not None:
+                self._refused = True
+                log.warning("Connection from %s refused: %s", address, refusal)
+                transport.write(refusal.encode("ascii") + b"\r\n")
+                transport.close()
+                return
+            self._admitted, self._counted = address, True
+        super().connection_made(transport)  # after STARTTLS too, with a new session
+        session = self.gateway_session()
+        if isinstance(previous, GatewaySession):
+            session.session_id = previous.session_id  # one id for the whole connection
+            session.auth_failures = previous.auth_failures
+        # Judged from the transport itself, so that a connection to the implicit-TLS
+        # listener counts as encrypted too (aiosmtpd looks only at its own STARTTLS
+        # state and withholds AUTH there: aio-libs/aiosmtpd issue 281).
+        session.tls = TlsInfo.of(transport)
+        self.event_handler.sessions.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._counted:
+            self._counted = False
+            self.event_handler.connections.release(self._admitted)
+        self.event_handler.sessions.discard(self)
+        super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        if self._refused:
+            return False
+        return super().eof_received()
+
+    def _timeout_cb(self) -> None:
+        # RFC 5321 4.5.3.2: say why before closing.
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(replies.TIMEOUT.format(hostname=self.hostname).encode("ascii") + b"\r\n")
+        super()._timeout_cb()
+
+    def begin_shutdown(self) -> None:
+        """The server is stopping: an idle session is told so and closed now; a busy
+        one finishes its command first (see the command loop)."""
+        if not self.busy and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(replies.SHUTTING_DOWN.encode("ascii") + b"\r\n")
+            self.transport.close()
+
+    # --- the command loop ------------------------------------------------------------------
+    async def _handle_client(self) -> None:
+        await self.push(f"220 {self.hostname} {self.__ident__}")
+        unauthenticated_left = self.config.max_unauth_commands
+        unrecognized_left = UNRECOGNIZED_COMMANDS_LIMIT
+        while self.transport is not None:
+            try:
+                line = await self._read_command_line()
+                if line is None:
+                    continue
+                if self.event_handler.shutting_down:
+                    await self._close_with(replies.SHUTTING_DOWN)
+                    return
+                session = self.gateway_session()
+                if not session.authenticated and self.config.max_unauth_commands:
+                    unauthenticated_left -= 1
+                    if unauthenticated_left < 0:
+                        log.warning("Too many commands before AUTH from %s (session %s)", self.peer().remote_addr, session.session_id)
+                        await self._close_with(replies.TOO_MANY_UNAUTHENTICATED_COMMANDS)
+                        return
+                command, arg = self._parse(line)
+                if command is None:
+                    await self.push(replies.BAD_SYNTAX)
+                    continue
+                if len(line) > (self.command_size_limits[command] if session.extended_smtp else self.command_size_limit):
+                    await self.push(replies.LINE_TOO_LONG)
+                    continue
+                method = self._smtp_methods.get(command)
+                if method is None:
+                    unrecognized_left -= 1
+                    if unrecognized_left < 1:
+                        await self._close_with(replies.TOO_MANY_UNRECOGNIZED)
+                        return
+                    shown = command if _COMMAND_WORD.match(command) else None
+                    await self.push(replies.unrecognized(shown))
+                    continue
+                self._reset_timeout()
+                self.busy = True
+                try:
+                    await method(arg)
+                finally:
+                    self.busy = False
+                if self.event_handler.shutting_down and self.transport is not None:
+                    await self._close_with(replies.SHUTTING_DOWN)
+                    return
+            except (asyncio.CancelledError, _ClientGone, ConnectionError) as gone:
+                self._writer.close()
+                if isinstance(gone, asyncio.CancelledError):
+                    raise
+                return
+            except TLSSetupException as error:
+                log.info("TLS handshake after STARTTLS failed (session %s): %s", self.gateway_session().session_id, error.__cause__ or error)
+                if self.transport is not None:
+                    self.transport.close()
+                self.connection_lost(error)
+                return
+            except Exception as error:
+                await self.push(await self.handle_exception(error))
+
+    async def _read_command_line(self) -> bytes | None:
+        """One line without its CRLF, or None if it was too long (already answered)."""
+        try:
+            line = await self._reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as overrun:
+            await self._discard_line(overrun.consumed)
+            await self.push(replies.LINE_TOO_LONG)
+            return None
+        except asyncio.IncompleteReadError as eof:
+            raise _ClientGone from eof
+        return line.rstrip(b"\r\n")
+
+    def _parse(self, line: bytes) -> tuple[str | None, str | None]:
+        command_bytes, _, arg_bytes = line.partition(b" ")
+        try:
+            command = command_bytes.upper().decode("ascii")
+        except UnicodeDecodeError:
+            return None, None
+        if not command:
+            return None, None
+        # Arguments may be UTF-8 (SMTPUTF8); surrogateescape keeps any bytes intact.
+        arg = arg_bytes.strip().decode("utf-8", errors="surrogateescape") if arg_bytes.strip() else None
+        return command, arg
+
+    async def _discard_line(self, consumed: int) -> None:
+        await self._reader.read(consumed)
+        while True:
+            try:
+                await self._reader.readuntil(b"\n")
+                return
+            except asyncio.LimitOverrunError as more:
+                await self._reader.read(more.consumed)
+
+    async def _close_with(self, reply: str) -> None:
+        await self.push(reply)
+        if self.transport is not None:
+            self.transport.close()
+
+    # --- replies -----------------------------------------------------------------------------
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, str):
+            status = replies.with_enhanced_code(status)
+        await super().push(status)
+
+    async def _push_lines(self, lines: list[str]) -> None:
+        """A multi-line reply in one write (EHLO's lines carry no enhanced code)."""
+        text = "".join(f"250-{line}\r\n" for line in lines[:-1]) + f"250 {lines[-1]}\r\n"
+        self._writer.write(text.encode("ascii"))
+        await self._writer.drain()
+
+    # --- EHLO, STARTTLS, DATA -------------------------------------------------------------------
+    def encrypted(self) -> bool:
+        return self.gateway_session().tls is not None
+
+    def auth_offered(self) -> bool:
+        return not self._auth_require_tls or self.encrypted()
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: EHLO hostname")
+            return
+        self._set_rset_state()
+        session = self.gateway_session()
+        session.extended_smtp = True
+        session.host_name = hostname
+        lines = [self.hostname, f"SIZE {self.data_size_limit}", "8BITMIME", "SMTPUTF8", "PIPELINING"]
+        if self.tls_context and not self.encrypted():
+            lines.append("STARTTLS")
+        if self.auth_offered():
+            lines.append("AUTH " + " ".join(AUTH_MECHANISMS))
+        lines.append("ENHANCEDSTATUSCODES")
+        await self._push_lines(lines)
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str | None) -> None:
+        if arg:
+            await self.push(replies.STARTTLS_SYNTAX)
+        elif self.encrypted():
+            await self.push(replies.TLS_ALREADY_ACTIVE)
+        elif not self.tls_context:
+            await self.push(replies.TLS_NOT_AVAILABLE)
+        else:
+            await super().smtp_STARTTLS(arg)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str | None) -> None:
+        # The whole DATA phase gets one deadline, so a client dripping a byte at a
+        # time cannot hold the session beyond it.
+        self._reset_timeout(self.config.data_timeout)
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._reset_timeout()
+
+    async def check_auth_needed(self, caller_method: str) -> bool:
+        if caller_method in ("MAIL", "RCPT", "DATA") and not self.gateway_session().authenticated:
+            await self.push(replies.AUTH_REQUIRED)
+            return True
+        return False
+
+    # --- AUTH ---------------------------------------------------------------------------------------
+    def peer(self) -> Peer:
+        session = self.gateway_session()
+        address = session.peer if isinstance(session.peer, tuple) else (None, None)
+        return Peer(session.session_id, address[0], address[1], session.tls)
+
+    def throttled(self) -> bool:
+        return not is_exempt(self.peer().remote_addr, self.config.throttle_exempt)
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str | None) -> None:
+        session = self.gateway_session()
+        if not session.host_name or not session.extended_smtp:
+            await self.push(replies.AUTH_NEEDS_EHLO)
+            return
+        if session.authenticated:
+            await self.push(replies.AUTH_ALREADY)
+            return
+        args = arg.split() if arg else []
+        if not 1 <= len(args) <= 2:
+            await self.push(replies.AUTH_SYNTAX)
+            return
+        started = self.loop.time()
+        mechanism = args[0].upper()
+        if mechanism not in AUTH_MECHANISMS:
+            await self._reject(mechanism[:32], _Rejected(Reason.UNSUPPORTED_MECHANISM, replies.AUTH_UNSUPPORTED), started)
+            return
+        if not self.auth_offered():
+            await self._reject(mechanism, _Rejected(Reason.ENCRYPTION_REQUIRED, replies.AUTH_ENCRYPTION_REQUIRED), started)
+            return
+        initial = args[1] if len(args) == 2 else None
+        try:
+            if mechanism == "PLAIN":
+                credentials = await self._read_plain(initial)
+            else:
+                credentials = await self._read_login(initial)
+        except (asyncio.CancelledError, ConnectionError, _ClientGone):
+            # The client left mid-exchange: still an attempt that reached us.
+            self.event_handler.db.submit(record_unvalidated, self.peer(), mechanism, b"", Reason.ABORTED)
+            raise
+        if isinstance(credentials, _Rejected):
+            await self._reject(mechanism, credentials, started)
+            return
+        username, password = credentials
+        rate_limit = self.config.auth_rate_limit if self.throttled() else None
+        outcome: Outcome = await self.event_handler.db.run(
+            authenticate, self.peer(), mechanism, username, password, rate_limit
+        )
+        reply = replies.auth_reply(outcome.reason)
+        if not outcome.success:
+            await self._answer_failure(outcome.reason, reply, started)
+            return
+        assert outcome.inbox is not None and outcome.key is not None
+        session.authenticated = True
+        session.identity = Identity(
+            outcome.inbox.id, outcome.inbox.inbox_id, outcome.inbox.email, outcome.inbox.organization_id, outcome.key.id
+        )
+        log.info("Auth succeeded: inbox %s (session %s)", outcome.inbox.inbox_id, session.session_id)
+        await self.push(reply)
+
+    async def _reject(self, mechanism: str, rejected: _Rejected, started: float) -> None:
+        await self.event_handler.db.run(record_unvalidated, self.peer(), mechanism, rejected.username, rejected.reason)
+        await self._answer_failure(rejected.reason, rejected.reply, started)
+
+    async def _answer_failure(self, reason: Reason, reply: str, started: float) -> None:
+        """Log, then answer a failed AUTH no sooner than ``auth_failure_delay`` after
+        it began (so every failure takes the same time, whatever failed), and close
+        the session on its ``auth_max_failures``-th failure."""
+        session = self.gateway_session()
+        if reason is not Reason.TEMPORARY_FAILURE:
+            session.auth_failures += 1
+        closing = 0 < self.config.auth_max_failures <= session.auth_failures
+        if closing:
+            reply = replies.TOO_MANY_AUTH_FAILURES
+        log.warning("Auth failed: %s, returning %s (session %s, %s)", reason, reply[:9], session.session_id, self.peer().remote_addr)
+        if self.throttled() and self.config.auth_failure_delay > 0:
+            await asyncio.sleep(max(0.0, started + self.config.auth_failure_delay - self.loop.time()))
+        if closing:
+            await self._close_with(reply)
+        else:
+            await self.push(reply)
+
+    async def _read_plain(self, initial: str | None) -> tuple[bytes, bytes] | _Rejected:
+        if initial is None:
+            blob = await self._challenge(b"")
+        else:
+            blob = _decode_base64(initial.encode("ascii", errors="replace"))
+        if isinstance(blob, _Rejected):
+            return blob
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:
+            return _Rejected(Reason.MALFORMED, replies.AUTH_BAD_PLAIN)
+        # RFC 4616: authzid, authcid, password. We act only as authcid, so an
+        # authzid is ignored (as most submission servers do).
+        return parts[1], parts[2]
+
+    async def _read_login(self, initial: str | None) -> tuple[bytes, bytes] | _Rejected:
+        if initial is None:
+            username = await self._challenge(_LOGIN_USERNAME_PROMPT)
+        else:
+            username = _decode_base64(initial.encode("ascii", errors="replace"))
+        if isinstance(username, _Rejected):
+            return username
+        password = await self._challenge(_LOGIN_PASSWORD_PROMPT)
+        if isinstance(password, _Rejected):
+            password.username = username
+            return password
+        return username, password
+
+    async def _challenge(self, prompt: bytes) -> bytes | _Rejected:
+        """Send a 334 and read the client's base64 answer, bounded in length."""
+        await self.push(b"334 " + prompt)
+        try:
+            line = await self._reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as overrun:
+            await self._discard_line(overrun.consumed)
+            return _Rejected(Reason.MALFORMED, replies.LINE_TOO_LONG)
+        except asyncio.IncompleteReadError as eof:
+            raise _ClientGone from eof
+        answer = line.strip()
+        if answer == b"*":
+            return _Rejected(Reason.ABORTED, replies.AUTH_ABORTED)
+        return _decode_base64(answer)
+
+
+def _decode_base64(data: bytes) -> bytes | _Rejected:
+    if data == b"=":  # RFC 4954: an empty initial response
+        return b""
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return _Rejected(Reason.MALFORMED, replies.AUTH_BAD_BASE64)
