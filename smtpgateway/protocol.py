@@ -289,7 +289,8 @@ class GatewaySMTP(SMTP):
         await super().push(status)
 
     async def _push_lines(self, lines: list[str]) -> None:
-        """A multi-line reply in one write (EHLO's lines carry no enhanced code)."""
+        """A reply of one or more lines in one write, as is: for HELO and EHLO, whose
+        lines carry no enhanced code (RFC 2034 section 3)."""
         text = "".join(f"250-{line}\r\n" for line in lines[:-1]) + f"250 {lines[-1]}\r\n"
         self._writer.write(text.encode("ascii"))
         await self._writer.drain()
@@ -300,6 +301,17 @@ class GatewaySMTP(SMTP):
 
     def auth_offered(self) -> bool:
         return not self._auth_require_tls or self.encrypted()
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: HELO hostname")
+            return
+        self._set_rset_state()
+        session = self.gateway_session()
+        session.extended_smtp = False
+        session.host_name = hostname
+        await self._push_lines([self.hostname])
 
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:

@@ -125,6 +125,7 @@ class GatewayServer:
         self._listeners: list[asyncio.base_events.Server] = []
         self._flush_task: asyncio.Task[None] | None = None
         self._force_stop = asyncio.Event()
+        self._stopped = False
 
     def _new_protocol(self, starttls_context: ssl.SSLContext | None) -> GatewaySMTP:
         return GatewaySMTP(self.handler, asyncio.get_running_loop(), starttls_context)
@@ -142,15 +143,11 @@ class GatewayServer:
                     lambda: self._new_protocol(None), port=self.config.tls_port, ssl=context, ssl_handshake_timeout=30, **common
                 )
             )
+        # Remembered here: a closed listener no longer has its sockets.
+        ports = [listener.sockets[0].getsockname()[1] for listener in self._listeners]
+        self.port: int = ports[0]
+        self.tls_port: int | None = ports[1] if len(ports) > 1 else None
         self._flush_task = loop.create_task(self._flush_kept_records())
-
-    @property
-    def port(self) -> int:
-        return self._listeners[0].sockets[0].getsockname()[1]
-
-    @property
-    def tls_port(self) -> int | None:
-        return self._listeners[1].sockets[0].getsockname()[1] if len(self._listeners) > 1 else None
 
     @property
     def sessions(self) -> set[GatewaySMTP]:
@@ -176,6 +173,9 @@ class GatewayServer:
         """Stop accepting; tell idle sessions 421 4.3.2 and close them; let busy ones
         (a DATA in progress, say) finish within ``shutdown_grace`` seconds; then close
         the rest, write every pending record and release the database."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.handler.shutting_down = True
         for listener in self._listeners:
             listener.close()

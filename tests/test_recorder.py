@@ -1,0 +1,46 @@
+"""The AuthAttempt recorder's backlog, against the real database."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from smtpgateway.auth import Peer
+from smtpgateway.models import AuthAttempt
+from smtpgateway.reasons import Reason
+from smtpgateway.recorder import AttemptRecord, AttemptRecorder
+
+T0 = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
+
+
+def record(n: int) -> AttemptRecord:
+    return AttemptRecord.build(
+        peer=Peer(f"s{n}", "192.0.2.1", 1000 + n), when=T0 + timedelta(seconds=n), mechanism="PLAIN", username=b"inb_x", reason=Reason.TEMPORARY_FAILURE
+    )
+
+
+def test_backlog_is_bounded_logged_and_written_later(transactional_db: None, caplog: pytest.LogCaptureFixture) -> None:
+    recorder = AttemptRecorder(max_kept=2)
+    for n in range(3):
+        recorder.keep(record(n))
+    assert len(recorder) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    kept_lines = [m.split(": ", 1)[1] for m in errors if m.startswith("AuthAttempt not written")]
+    assert [json.loads(line)["session_id"] for line in kept_lines] == ["s0", "s1", "s2"]  # every record is in the log
+    assert any("backlog full (2); dropped from memory" in m and '"s0"' in m for m in errors)
+
+    assert recorder.flush() == 2 and len(recorder) == 0
+    rows = AuthAttempt.objects.order_by("created_at")
+    assert [(r.session_id, r.created_at, r.reason) for r in rows] == [
+        ("s1", T0 + timedelta(seconds=1), "TEMPORARY_FAILURE"),
+        ("s2", T0 + timedelta(seconds=2), "TEMPORARY_FAILURE"),
+    ]
+
+
+def test_write_flushes_the_backlog_first(transactional_db: None) -> None:
+    recorder = AttemptRecorder(max_kept=10)
+    recorder.keep(record(1))
+    recorder.write(record(2))
+    assert list(AuthAttempt.objects.order_by("id").values_list("session_id", flat=True)) == ["s1", "s2"]

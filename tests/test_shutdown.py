@@ -1,0 +1,82 @@
+"""Graceful shutdown: stop accepting, tell idle sessions, let a DATA in progress
+finish, write every record, exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import time
+from typing import Any
+
+import pytest
+
+from inboxes.models import Message
+from smtpgateway.models import AuthAttempt
+from tests.helpers import VALID_EMAIL, VALID_INBOX, VALID_KEY, LiveGateway, Wire, b64
+from tests.test_commands import RunSmtp
+
+GOOD = "AUTH PLAIN " + b64(f"\0{VALID_INBOX}\0{VALID_KEY}")
+
+
+def start_data(wire: Wire) -> None:
+    """Authenticate and begin a message whose end has not been sent yet."""
+    wire.command("EHLO tester.example")
+    assert wire.command(GOOD).startswith("235 ")
+    wire.command(f"MAIL FROM:<{VALID_EMAIL}>")
+    wire.command("RCPT TO:<a@example.com>")
+    assert wire.command("DATA").startswith("354 ")
+    wire.sock.sendall(b"Subject: in flight\r\n\r\nfirst half\r\n")
+
+
+def stop_in_background(gateway: LiveGateway) -> Any:
+    return asyncio.run_coroutine_threadsafe(gateway.server.stop(), gateway.loop)
+
+
+def test_stop_drains_a_data_in_progress(gateway: LiveGateway) -> None:
+    idle = Wire(gateway.port)
+    idle.command("EHLO idle.example")
+    busy = Wire(gateway.port)
+    start_data(busy)
+
+    stopping = stop_in_background(gateway)
+    assert idle.reply() == ["421 4.3.2 Service shutting down"]
+    assert idle.closed_by_server()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", gateway.port), timeout=5)
+
+    busy.sock.sendall(b"second half\r\n.\r\n")
+    assert busy.reply()[-1].startswith("250 2.0.0 Ok: queued as ")
+    assert busy.command("NOOP") == "421 4.3.2 Service shutting down"
+    stopping.result(10)
+    assert bytes(Message.objects.get().raw).endswith(b"first half\r\nsecond half\r\n")
+    assert AuthAttempt.objects.filter(reason="OK").count() == 1
+
+
+def test_grace_period_ends_an_unfinished_data(gateway_factory: Any, scenarios: None) -> None:
+    gateway = gateway_factory(shutdown_grace=0.5)
+    busy = Wire(gateway.port)
+    start_data(busy)
+    started = time.monotonic()
+    stop_in_background(gateway).result(10)
+    assert 0.4 < time.monotonic() - started < 3
+    assert busy.closed_by_server()
+    assert not Message.objects.exists()  # nothing half-stored
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_drains_and_exits_zero(scenarios: None, leak_guard: None, signum: int) -> None:
+    server = RunSmtp()
+    busy = Wire(server.port)
+    start_data(busy)
+    idle = Wire(server.port)
+    idle.command("EHLO idle.example")
+    server.process.send_signal(signum)
+    assert idle.reply() == ["421 4.3.2 Service shutting down"]
+    busy.sock.sendall(b"second half\r\n.\r\n")
+    assert busy.reply()[-1].startswith("250 2.0.0 Ok: queued as ")
+    assert busy.command("QUIT") == "421 4.3.2 Service shutting down"
+    code, out, err = server.process.wait(timeout=30), *server.process.communicate(timeout=30)
+    assert code == 0, err
+    assert "agentmail-smtp stopped." in out and "Traceback" not in err
+    assert Message.objects.get().subject == "in flight"
