@@ -431,7 +431,8 @@ class GatewaySMTP(SMTP):
         closing = 0 < self.config.auth_max_failures <= session.auth_failures
         if closing:
             reply = replies.TOO_MANY_AUTH_FAILURES
-        log.warning("Auth failed: %s, returning %s (session %s, %s)", reason, reply[:9], session.session_id, self.peer().remote_addr)
+        code = " ".join(reply.split(" ", 2)[:2])  # "535 5.7.8", "538 5.7.11"
+        log.warning("Auth failed: %s, returning %s (session %s, %s)", reason, code, session.session_id, self.peer().remote_addr)
         if self.throttled() and self.config.auth_failure_delay > 0:
             await asyncio.sleep(max(0.0, started + self.config.auth_failure_delay - self.loop.time()))
         if closing:

@@ -68,3 +68,33 @@ def shorten_lock_timeout(monkeypatch: pytest.MonkeyPatch, seconds: float) -> Non
     else:
         ms = int(seconds * 1000)
         monkeypatch.setitem(options, "options", f"-c lock_timeout={ms} -c statement_timeout={ms}")
+
+
+@contextlib.contextmanager
+def postgresql_outage() -> Iterator[None]:
+    """A real outage as the gateway sees it: its connections are terminated and
+    new ones refused, until the block ends. The test's own connection survives.
+    Driven from a connection to the ``postgres`` database (PostgreSQL will not
+    disallow connections to the database one is connected to)."""
+    import psycopg
+
+    settings = connection.settings_dict
+    name = settings["NAME"]
+    admin = psycopg.connect(
+        host=settings["HOST"] or None,
+        port=settings["PORT"] or None,
+        user=settings["USER"] or None,
+        password=settings["PASSWORD"] or None,
+        dbname="postgres",
+        autocommit=True,
+    )
+    own_pid = connection.cursor().connection.info.backend_pid
+    try:
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> %s", [name, own_pid]
+        )
+        yield
+    finally:
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        admin.close()

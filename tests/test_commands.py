@@ -10,6 +10,8 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,35 +31,46 @@ DEMO_THROTTLING = {"SMTP_THROTTLE_EXEMPT": "127.0.0.0/8,::1"}
 
 
 class RunSmtp:
-    """`manage.py runsmtp` in a subprocess, using this test run's database."""
+    """`manage.py runsmtp` in a subprocess, using this test run's database. Its
+    output goes to files, as under a service manager: a pipe nobody reads would
+    fill up and block the server's logging."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         # Independent of the developer's .env: no TLS unless the test asks.
         environment = {**os.environ, "DATABASE_URL": database_url(), "DEBUG": "true", **NO_TLS, **DEMO_THROTTLING, **(env or {})}
+        self._out = tempfile.NamedTemporaryFile("w+", prefix="runsmtp-out-", suffix=".log")
+        self._err = tempfile.NamedTemporaryFile("w+", prefix="runsmtp-err-", suffix=".log")
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", "runsmtp", "--port", str(self.port), *args],
             cwd=ROOT,
             env=environment,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=self._out,
+            stderr=self._err,
             text=True,
         )
-        self.banner: list[str] = []
-        self.output = ""
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.banner.append(line.rstrip("\n"))
-            if line.startswith("Quit with"):
-                break
-        else:
-            raise AssertionError(f"runsmtp did not start: {self.process.stderr.read() if self.process.stderr else ''}")
+        deadline = time.monotonic() + 60
+        while "Quit with" not in self.stdout():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"runsmtp did not start: {self.stderr()[-2000:]}")
+            time.sleep(0.05)
+        self.banner = self.stdout().splitlines()
+
+    def stdout(self) -> str:
+        return Path(self._out.name).read_text()
+
+    def stderr(self) -> str:
+        return Path(self._err.name).read_text()
+
+    @property
+    def output(self) -> str:
+        return self.stdout() + self.stderr()
 
     def stop(self, signum: int = signal.SIGTERM) -> tuple[int, str, str]:
-        self.process.send_signal(signum)
-        out, err = self.process.communicate(timeout=30)
-        self.output = out + err
-        return self.process.returncode, out, err
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        code = self.process.wait(timeout=30)
+        return code, self.stdout(), self.stderr()
 
 
 @pytest.fixture
@@ -66,7 +79,7 @@ def runsmtp(scenarios: None, leak_guard: None) -> Iterator[RunSmtp]:
     yield server
     if server.process.poll() is None:
         server.stop()
-    output = "\n".join(server.banner) + server.output
+    output = server.output
     assert not [marker for marker in secret_markers(DEMO_KEYS) if marker in output], "a secret in runsmtp's output"
 
 

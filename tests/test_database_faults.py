@@ -86,3 +86,36 @@ def test_store_failure_answers_451_and_stores_nothing(
         # Same session, database back: the retry is accepted and stored once.
         assert client.sendmail(VALID_EMAIL, ["a@example.com"], message) == {}
     assert Message.objects.get().subject == "during an outage"
+
+
+def test_postgresql_outage_and_recovery(gateway_factory: Any, scenarios: None) -> None:
+    """The database really gone (PostgreSQL refusing the gateway) and back."""
+    from django.db import connection
+
+    from tests.dbfaults import postgresql_outage
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL (CI runs the suite on it too); SQLite faults are the lock tests above")
+    gateway = gateway_factory(flush_interval=0.2)
+    message = b"Subject: across an outage\r\n\r\nbody\r\n"
+    with gateway.smtp(timeout=30) as client:
+        auth(client, "PLAIN", VALID_INBOX, VALID_KEY)
+        with postgresql_outage():
+            reply, _ = timed_auth(gateway)
+            assert reply == "454 4.7.0 Temporary authentication failure"
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.sendmail(VALID_EMAIL, ["a@example.com"], message)
+            assert refused.value.smtp_code == 451
+            assert not Message.objects.exists()
+        # Back: the kept record is written by the periodic retry, unprompted...
+        deadline = time.monotonic() + 10
+        while not AuthAttempt.objects.filter(reason="TEMPORARY_FAILURE").exists():
+            assert time.monotonic() < deadline, "the kept AuthAttempt was not written after recovery"
+            time.sleep(0.1)
+        # ...and the same session, and new ones, work again.
+        assert client.sendmail(VALID_EMAIL, ["a@example.com"], message) == {}
+    assert timed_auth(gateway)[0] == "235 2.7.0 Authentication successful"
+    assert Message.objects.get().subject == "across an outage"
+    assert list(AuthAttempt.objects.order_by("created_at").values_list("reason", flat=True)) == [
+        "OK", "TEMPORARY_FAILURE", "OK",
+    ]
