@@ -124,6 +124,36 @@ def test_scenario_script_with_swaks(runsmtp: RunSmtp, mechanism: str) -> None:
     assert "<-  250 2.0.0 Ok: queued as " in sent.stdout
 
 
+@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed (.ci/run installs it)")
+def test_demo_never_locks_itself_out(runsmtp: RunSmtp) -> None:
+    """Loopback is exempt in the demo: the script can run again and again."""
+    assert "loopback exempt" in "\n".join(runsmtp.banner)
+    for _ in range(3):
+        result = subprocess.run(
+            [str(ROOT / "tests" / "test-scenarios.sh"), "all"],
+            env={**os.environ, "SMTP_PORT": str(runsmtp.port)}, capture_output=True, text=True, timeout=120,
+        )
+        assert "10 passed, 0 failed" in result.stdout, result.stdout
+    assert AuthAttempt.objects.filter(reason="RATE_LIMITED").count() == 0
+
+
+@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed (.ci/run installs it)")
+def test_production_defaults_throttle_loopback(scenarios: None, leak_guard: None) -> None:
+    server = RunSmtp(env={"SMTP_THROTTLE_EXEMPT": "", "SMTP_AUTH_FAILURE_DELAY": "0"})
+    try:
+        assert "loopback exempt" not in "\n".join(server.banner)
+        runs = [
+            subprocess.run([str(ROOT / "tests" / "test-scenarios.sh"), "all"], env={**os.environ, "SMTP_PORT": str(server.port)},
+                           capture_output=True, text=True, timeout=120)
+            for _ in range(2)
+        ]
+    finally:
+        server.stop()
+    assert "10 passed, 0 failed" in runs[0].stdout  # 9 failures: under the limit of 10
+    assert "454 4.7.0 Temporary authentication failure" in runs[1].stdout
+    assert AuthAttempt.objects.filter(reason="RATE_LIMITED").exists()
+
+
 def test_runsmtp_port_in_use_is_one_clear_error(transactional_db: None) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -25,6 +25,20 @@ def describe_database() -> str:
     return f"{vendor} {host}{port}/{db['NAME']}"
 
 
+def describe_throttling(config: GatewayConfig) -> str:
+    limit = config.auth_rate_limit
+    parts = [
+        f"{limit.failures} failed AUTH per address per {int(limit.window.total_seconds())}s" if limit else "no AUTH rate limit",
+        f"{config.auth_max_failures} per session",
+        f"{config.auth_failure_delay:g}s delay per failure",
+    ]
+    exempt = ", ".join(str(network) for network in config.throttle_exempt)
+    if exempt:
+        loopback = " (loopback exempt: demo)" if any(network.is_loopback for network in config.throttle_exempt) else ""
+        parts.append(f"exempt: {exempt}{loopback}")
+    return "; ".join(parts)
+
+
 class Command(BaseCommand):
     help = "Run the SMTP submission gateway until Ctrl-C or SIGTERM."
 
@@ -74,7 +88,9 @@ class Command(BaseCommand):
         else:
             lines.append("  TLS:       off (no certificate configured)")
         lines += [
-            f"  limits:    {config.max_message_size} bytes per message, {config.max_recipients} recipients",
+            f"  limits:    {config.max_message_size} bytes per message, {config.max_recipients} recipients, "
+            f"{config.max_connections} connections ({config.max_connections_per_ip} per address)",
+            f"  throttle:  {describe_throttling(config)}",
             f"  database:  {describe_database()}",
             "Quit with Ctrl-C.",
         ]
