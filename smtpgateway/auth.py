@@ -1,30 +1,23 @@
-"""Checking SMTP credentials and recording every attempt.
-
-Two layers:
+"""Checking SMTP credentials.
 
 * :func:`validate` is the rule: the nine checks in their fixed order, as a plain
   function of the presented credentials and what a lookup found. No ORM.
-* :func:`authenticate` is the one synchronous unit of work the server runs (in a
-  worker thread) per AUTH: look up, validate, record the attempt, touch the key's
-  ``last_used_at``; one transaction for the writes.
+* :class:`Lookups` and :func:`recent_failures` are the database reads it needs,
+  done once for a whole batch of attempts (``smtpgateway.commits`` runs the batch
+  and records every attempt in the same transaction).
 
 Whenever both formats are valid, both the key and the inbox are looked up, so an
 unknown key, an unknown inbox and a wrong organization cost the same queries and
 the reply time does not say which check failed.
-
-The secret never leaves this module's locals: records carry the key's visible
-prefix only, and only when the key was well formed.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Callable
 
-from django.db import DatabaseError, transaction
-from django.utils import timezone
+from django.db.models import Count
 
 from apikeys import keys
 from apikeys.models import ApiKey
@@ -33,13 +26,9 @@ from inboxes.ids import INBOX_ID_PATTERN
 from inboxes.models import Inbox
 from smtpgateway.models import AuthAttempt
 from smtpgateway.reasons import CREDENTIAL_FAILURES, Reason
-from smtpgateway.recorder import AttemptRecord, recorder
 
 if TYPE_CHECKING:
-    from smtpgateway.limits import RateLimit
     from smtpgateway.tls import TlsInfo
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,24 +94,33 @@ def validate(username: str, password: str, lookup: Lookup, now: datetime) -> Out
     return Outcome(Reason.OK, key, inbox)
 
 
-def lookup_in_database(inbox_id: str, digest: str) -> tuple[KeyFacts | None, InboxFacts | None]:
-    """Both rows, always both queries (see the module docstring on timing)."""
-    key_row = (
-        ApiKey.objects.filter(digest=digest)
-        .values_list("id", "organization_id", "revoked_at", "expires_at", "scopes")
-        .first()
-    )
-    inbox_row = (
-        Inbox.objects.filter(inbox_id=inbox_id)
-        .values_list("id", "inbox_id", "organization_id", "status", "email")
-        .first()
-    )
-    key = None
-    if key_row is not None:
-        key_id, org_id, revoked_at, expires_at, scopes = key_row
-        key = KeyFacts(key_id, org_id, revoked_at is not None, expires_at, tuple(scopes or ()))
-    inbox = InboxFacts(*inbox_row) if inbox_row is not None else None
-    return key, inbox
+class Lookups:
+    """Keys and inboxes fetched for a whole batch of attempts: one query for each
+    kind, whatever the batch size. Every attempt whose formats are valid has both
+    its key and its inbox fetched, so the failure reasons cost the same."""
+
+    def __init__(self, candidates: list[tuple[str, str]]) -> None:
+        wanted = [(inbox_id, password) for inbox_id, password in candidates if well_formed(inbox_id, password)]
+        digests = {keys.digest_key(password) for _, password in wanted}
+        inbox_ids = {inbox_id for inbox_id, _ in wanted}
+        self.keys: dict[str, KeyFacts] = {}
+        self.inboxes: dict[str, InboxFacts] = {}
+        if digests:
+            rows = ApiKey.objects.filter(digest__in=digests).values_list(
+                "digest", "id", "organization_id", "revoked_at", "expires_at", "scopes"
+            )
+            for digest, key_id, org_id, revoked_at, expires_at, scopes in rows:
+                self.keys[digest] = KeyFacts(key_id, org_id, revoked_at is not None, expires_at, tuple(scopes or ()))
+        if inbox_ids:
+            rows = Inbox.objects.filter(inbox_id__in=inbox_ids).values_list("id", "inbox_id", "organization_id", "status", "email")
+            self.inboxes = {row[1]: InboxFacts(*row) for row in rows}
+
+    def __call__(self, inbox_id: str, digest: str) -> tuple[KeyFacts | None, InboxFacts | None]:
+        return self.keys.get(digest), self.inboxes.get(inbox_id)
+
+
+def well_formed(username: str, password: str) -> bool:
+    return INBOX_ID_PATTERN.fullmatch(username) is not None and keys.is_well_formed(password)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,78 +133,16 @@ class Peer:
     tls: TlsInfo | None = None
 
 
-def recent_failures(remote_addr: str | None, since: datetime, limit: int) -> int:
-    """Failed credential checks from this address since ``since`` (counted up to
-    ``limit``). Counted in the database, so every gateway process sharing it sees
-    the same number. RATE_LIMITED refusals do not count: lockout ends one window
-    after the last real guess."""
-    failures = AuthAttempt.objects.filter(
-        remote_addr=remote_addr, success=False, created_at__gte=since, reason__in=CREDENTIAL_FAILURES
+def recent_failures(addresses: set[str], since: datetime) -> dict[str, int]:
+    """Failed credential checks per address since ``since``. Counted in the
+    database, so every gateway process sharing it sees the same numbers.
+    RATE_LIMITED refusals do not count: lockout ends one window after the last
+    real guess."""
+    rows = (
+        AuthAttempt.objects.filter(
+            remote_addr__in=addresses, success=False, created_at__gte=since, reason__in=CREDENTIAL_FAILURES
+        )
+        .values_list("remote_addr")
+        .annotate(failures=Count("id"))
     )
-    return len(failures.values_list("id", flat=True)[:limit])
-
-
-def authenticate(
-    peer: Peer, mechanism: str, username: bytes, password: bytes, rate_limit: RateLimit | None = None
-) -> Outcome:
-    """Check the rate limit, validate and record one AUTH attempt. Runs in a
-    database worker thread. ``rate_limit`` is None for exempt addresses.
-
-    A database error while validating or recording yields TEMPORARY_FAILURE; the
-    client gets a 4xx and the record is kept by the recorder until it can be
-    written.
-    """
-    now = timezone.now()
-    user_text = username.decode("utf-8", errors="replace")
-    secret_text = password.decode("ascii", errors="replace")
-    try:
-        if rate_limit and recent_failures(peer.remote_addr, now - rate_limit.window, rate_limit.failures) >= rate_limit.failures:
-            outcome = Outcome(Reason.RATE_LIMITED)
-        else:
-            outcome = validate(user_text, secret_text, lookup_in_database, now)
-    except DatabaseError:
-        log.exception("Database error while validating AUTH (session %s)", peer.session_id)
-        outcome = Outcome(Reason.TEMPORARY_FAILURE)
-    record = AttemptRecord.build(
-        peer=peer,
-        when=now,
-        mechanism=mechanism,
-        username=username,
-        key_prefix=keys.visible_prefix(secret_text) if keys.is_well_formed(secret_text) else "",
-        reason=outcome.reason,
-        api_key_id=outcome.key.id if outcome.key else None,
-        inbox_id=outcome.inbox.id if outcome.inbox else None,
-        organization_id=_organization_of(outcome),
-    )
-    try:
-        with transaction.atomic():
-            recorder.write(record)
-            if outcome.success:
-                _touch_key(outcome.key.id, now)  # type: ignore[union-attr]
-    except DatabaseError:
-        log.exception("Database error while recording AUTH (session %s)", peer.session_id)
-        recorder.keep(record.as_failure(Reason.TEMPORARY_FAILURE))
-        return Outcome(Reason.TEMPORARY_FAILURE, outcome.key, outcome.inbox)
-    return outcome
-
-
-def record_unvalidated(peer: Peer, mechanism: str, username: bytes, reason: Reason) -> None:
-    """Record an exchange that never reached validation (MALFORMED, ABORTED, ...)."""
-    record = AttemptRecord.build(peer=peer, when=timezone.now(), mechanism=mechanism, username=username, reason=reason)
-    try:
-        recorder.write(record)
-    except DatabaseError:
-        log.exception("Database error while recording AUTH (session %s)", peer.session_id)
-        recorder.keep(record)
-
-
-def _organization_of(outcome: Outcome) -> int | None:
-    if outcome.key is not None:
-        return outcome.key.organization_id
-    if outcome.inbox is not None:
-        return outcome.inbox.organization_id
-    return None
-
-
-def _touch_key(key_id: int, now: datetime) -> None:
-    ApiKey.objects.filter(pk=key_id).update(last_used_at=now)
+    return dict(rows)

@@ -13,7 +13,7 @@ upgrade, and own what it leaves open:
   say ``421`` before they close.
 
 This module never touches the ORM: database work goes through the server's
-``DatabaseWorker`` as units from ``smtpgateway.auth``.
+``DatabaseWorker`` as jobs from ``smtpgateway.commits``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING
 from aiosmtpd.smtp import SMTP, Session, TLSSetupException, syntax
 
 from smtpgateway import replies
-from smtpgateway.auth import Outcome, Peer, authenticate, record_unvalidated
+from smtpgateway.auth import Outcome, Peer
+from smtpgateway.commits import AuthJob, RecordJob
 from smtpgateway.limits import is_exempt
 from smtpgateway.reasons import Reason
 from smtpgateway.tls import TlsInfo
@@ -395,16 +396,14 @@ class GatewaySMTP(SMTP):
                 credentials = await self._read_login(initial)
         except (asyncio.CancelledError, ConnectionError, _ClientGone):
             # The client left mid-exchange: still an attempt that reached us.
-            self.event_handler.db.submit(record_unvalidated, self.peer(), mechanism, b"", Reason.ABORTED)
+            self.event_handler.db.submit(RecordJob(self.peer(), mechanism, b"", Reason.ABORTED))
             raise
         if isinstance(credentials, _Rejected):
             await self._reject(mechanism, credentials, started)
             return
         username, password = credentials
         rate_limit = self.config.auth_rate_limit if self.throttled() else None
-        outcome: Outcome = await self.event_handler.db.run(
-            authenticate, self.peer(), mechanism, username, password, rate_limit
-        )
+        outcome: Outcome = await self.event_handler.db.commit(AuthJob(self.peer(), mechanism, username, password, rate_limit))
         reply = replies.auth_reply(outcome.reason)
         if not outcome.success:
             await self._answer_failure(outcome.reason, reply, started)
@@ -418,7 +417,7 @@ class GatewaySMTP(SMTP):
         await self.push(reply)
 
     async def _reject(self, mechanism: str, rejected: _Rejected, started: float) -> None:
-        await self.event_handler.db.run(record_unvalidated, self.peer(), mechanism, rejected.username, rejected.reason)
+        await self.event_handler.db.commit(RecordJob(self.peer(), mechanism, rejected.username, rejected.reason))
         await self._answer_failure(rejected.reason, rejected.reply, started)
 
     async def _answer_failure(self, reason: Reason, reply: str, started: float) -> None:

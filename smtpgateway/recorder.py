@@ -1,8 +1,8 @@
-"""Writing AuthAttempt rows, and keeping the ones the database cannot take yet.
+"""AuthAttempt records, and keeping the ones the database cannot take yet.
 
 An attempt that cannot be written (database down or locked) is not dropped: it is
 logged at ERROR as one JSON line and kept in memory, then written, with its
-original time, before the next record and by the server's periodic flush. The
+original time, by the next batch (the server nudges one every few seconds). The
 memory is bounded by ``SMTP_AUTH_BACKLOG_MAX`` records (default 10,000, about
 5 MB); past that the oldest kept record is dropped and said so at ERROR, so the
 log line is then the only copy.
@@ -19,7 +19,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
 
 from smtpgateway.models import USERNAME_MAX_LENGTH, AuthAttempt
 from smtpgateway.reasons import Reason
@@ -96,7 +95,8 @@ class AttemptRecord:
 
 
 class AttemptRecorder:
-    """Writes records; keeps the unwritten ones (bounded) until the database is back."""
+    """Holds the records the database could not take (bounded), until a batch
+    writes them (see ``smtpgateway.commits``)."""
 
     def __init__(self, max_kept: int) -> None:
         self._kept: deque[AttemptRecord] = deque()
@@ -106,38 +106,32 @@ class AttemptRecorder:
     def __len__(self) -> int:
         return len(self._kept)
 
-    def write(self, record: AttemptRecord) -> None:
-        """Insert ``record`` (after any kept ones). Raises DatabaseError if it cannot."""
-        if self._kept:
-            self.flush()
-        record.to_row().save(force_insert=True)
-
     def keep(self, record: AttemptRecord) -> None:
         """Hold a record that could not be written; log it so it is never silent."""
         log.error("AuthAttempt not written, kept for retry: %s", record.to_log_line())
         with self._lock:
-            if len(self._kept) >= self._max_kept:
-                dropped = self._kept.popleft()
-                log.error("AuthAttempt backlog full (%d); dropped from memory: %s", self._max_kept, dropped.to_log_line())
             self._kept.append(record)
+            self._enforce_bound()
 
-    def flush(self) -> int:
-        """Write every kept record in one transaction. Returns how many were written;
-        on a database error they stay kept and 0 is returned."""
+    def drain(self) -> list[AttemptRecord]:
+        """Take every kept record, to be written by the caller's transaction."""
         with self._lock:
-            batch = list(self._kept)
-            if not batch:
-                return 0
-            try:
-                with transaction.atomic():
-                    AuthAttempt.objects.bulk_create([record.to_row() for record in batch])
-            except DatabaseError:
-                log.warning("Database still unavailable; %d AuthAttempt records kept", len(batch))
-                return 0
-            for _ in batch:
-                self._kept.popleft()
-        log.info("Wrote %d kept AuthAttempt records", len(batch))
-        return len(batch)
+            records = list(self._kept)
+            self._kept.clear()
+        return records
+
+    def restore(self, records: list[AttemptRecord]) -> None:
+        """Put back records whose transaction failed (oldest first, as they were)."""
+        if not records:
+            return
+        with self._lock:
+            self._kept.extendleft(reversed(records))
+            self._enforce_bound()
+
+    def _enforce_bound(self) -> None:
+        while len(self._kept) > self._max_kept:
+            dropped = self._kept.popleft()
+            log.error("AuthAttempt backlog full (%d); dropped from memory: %s", self._max_kept, dropped.to_log_line())
 
 
 recorder = AttemptRecorder(max_kept=getattr(settings, "SMTP_AUTH_BACKLOG_MAX", 10_000))

@@ -7,8 +7,8 @@
   implicit-TLS port), retries unwritten AuthAttempt records, reloads certificates,
   and stops gracefully.
 
-This module never touches the ORM: every database step is a unit from
-``smtpgateway.auth`` or ``smtpgateway.submission`` run by the ``DatabaseWorker``.
+This module never touches the ORM: every database step is a job from
+``smtpgateway.commits`` run by the ``DatabaseWorker``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from smtpgateway.config import GatewayConfig
 from smtpgateway.limits import ConnectionRegistry
 from smtpgateway.protocol import AUTH_MECHANISMS, GatewaySession, GatewaySMTP
 from smtpgateway.recorder import recorder
-from smtpgateway.submission import Submission, store_message
+from smtpgateway.commits import FlushJob, StoreJob
+from smtpgateway.submission import Submission
 from smtpgateway.tls import CertificateStore
 from smtpgateway.worker import DatabaseWorker
 
@@ -92,7 +93,7 @@ class GatewayHandler:
             content=envelope.original_content or b"",
         )
         try:
-            queue_id = await self.db.run(store_message, submission)
+            queue_id = await self.db.commit(StoreJob(submission))
         except DatabaseError:
             log.exception("Message not stored (session %s); answered 451", session.session_id)
             return replies.STORE_TEMPORARY_FAILURE
@@ -163,7 +164,7 @@ class GatewayServer:
         while True:
             await asyncio.sleep(self.config.flush_interval)
             if len(recorder):
-                await self.db.run(recorder.flush)
+                await self.db.commit(FlushJob())
 
     def force_stop(self) -> None:
         """A second SIGINT/SIGTERM: stop waiting for busy sessions."""
@@ -193,7 +194,7 @@ class GatewayServer:
         if self._flush_task is not None:
             self._flush_task.cancel()
         await asyncio.sleep(0)  # let connection_lost run for the closed sessions
-        await self.db.run(recorder.flush)
+        await self.db.commit(FlushJob())
         await asyncio.get_running_loop().run_in_executor(None, self.db.shutdown)
         if len(recorder):
             log.error("%d AuthAttempt record(s) could not be written; they are in this log as JSON lines", len(recorder))

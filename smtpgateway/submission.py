@@ -1,8 +1,7 @@
-"""Accepting a message: the trace header, the parsed summary, the durable commit.
+"""Accepting a message: the trace header, the parsed summary, the row to store.
 
-:func:`store_message` is the one synchronous unit of work per DATA. It returns only
-after the transaction has committed, so the server's ``250`` always means the
-message is in the database.
+:func:`message_row` builds the row; ``smtpgateway.commits`` stores it in a
+transaction that has committed before the server answers ``250``.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from email.utils import format_datetime
 
-from django.db import transaction
 from django.utils import timezone
 
 from inboxes.models import Message
@@ -69,20 +67,17 @@ def summarize(content: bytes) -> tuple[str, str]:
     return message_id[:_HEADER_LIMIT], subject[:_HEADER_LIMIT]
 
 
-def store_message(submission: Submission) -> str:
-    """Commit the message; return its queue id. Raises DatabaseError on failure,
-    in which case nothing was stored."""
+def message_row(submission: Submission) -> Message:
+    """The Message to store for ``submission`` (not saved; its queue_id is new)."""
     queue_id = new_queue_id()
     message_id, subject = summarize(submission.content)
-    with transaction.atomic():
-        Message.objects.create(
-            queue_id=queue_id,
-            inbox_id=submission.inbox_pk,
-            envelope_from=submission.mail_from,
-            envelope_to=list(submission.rcpt_tos),
-            size=len(submission.content),
-            message_id=message_id,
-            subject=subject,
-            raw=received_header(submission, queue_id) + submission.content,
-        )
-    return queue_id
+    return Message(
+        queue_id=queue_id,
+        inbox_id=submission.inbox_pk,
+        envelope_from=submission.mail_from,
+        envelope_to=list(submission.rcpt_tos),
+        size=len(submission.content),
+        message_id=message_id,
+        subject=subject,
+        raw=received_header(submission, queue_id) + submission.content,
+    )

@@ -1,71 +1,106 @@
-"""Running the gateway's synchronous database work off the event loop.
+"""Running the gateway's database work off the event loop, in batches.
 
-Django's ORM is synchronous. Each SMTP event that needs the database hands one
-plain function (a "unit") to :class:`DatabaseWorker`, which runs it in a thread of
-its own pool and awaits the result, so the event loop keeps serving every other
-session meanwhile. Each thread holds its own database connection.
+Django's ORM is synchronous. Each SMTP event that needs the database puts a job
+(``smtpgateway.commits``) on a queue and awaits its future; committer threads take
+every job waiting, up to ``MAX_BATCH``, run them as one batch (one transaction),
+and resolve the futures on the event loop. The loop never waits on the database;
+under load, batches grow and many sessions share each commit.
+
+``SMTP_DB_WORKERS`` committer threads share the queue, each with its own database
+connection: one suits SQLite (a single writer); PostgreSQL can use more.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
+import queue
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 from django.db import close_old_connections, connections, reset_queries
 
-T = TypeVar("T")
+from smtpgateway.commits import Job, process
+
 log = logging.getLogger(__name__)
 
-
-def _run_unit(unit: Callable[..., T], *args: Any) -> T:
-    # What Django does at the start of each web request, for each unit: drop a
-    # connection that broke (say, the database restarted) or outlived
-    # CONN_MAX_AGE, so the unit reconnects instead of failing again; and, under
-    # DEBUG, forget the previous unit's queries (Django keeps up to 9,000 per
-    # connection, megabytes in a long-lived thread).
-    reset_queries()
-    close_old_connections()
-    return unit(*args)
+MAX_BATCH = 256
+_STOP = object()
 
 
 class DatabaseWorker:
     def __init__(self, threads: int) -> None:
-        self._threads = max(1, threads)
-        self._executor = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="smtp-db")
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"smtp-commit-{n}", daemon=True) for n in range(max(1, threads))
+        ]
+        for thread in self._threads:
+            thread.start()
 
-    async def run(self, unit: Callable[..., T], *args: Any) -> T:
+    async def commit(self, job: Job) -> Any:
+        """Run ``job`` in the next batch; return its result once committed.
+        A failed store raises DatabaseError."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(_run_unit, unit, *args))
+        future = loop.create_future()
+        self._queue.put((job, loop, future))
+        result = await future
+        if isinstance(result, Exception):
+            raise result
+        return result
 
-    def submit(self, unit: Callable[..., Any], *args: Any) -> None:
-        """Run a unit without waiting for it (for records written on behalf of a
-        session that is already gone). Its failure is logged, not raised."""
-        future = self._executor.submit(_run_unit, unit, *args)
-        future.add_done_callback(_log_failure)
+    def submit(self, job: Job) -> None:
+        """Run ``job`` without waiting for it (records written on behalf of a
+        session that is already gone)."""
+        self._queue.put((job, None, None))
 
     def shutdown(self) -> None:
-        """Finish every submitted unit, then close each thread's connections.
+        """Finish every queued job, then stop the threads (each closes its own
+        database connection)."""
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        for thread in self._threads:
+            thread.join()
 
-        The barrier makes each of the pool's threads take exactly one closing
-        task (a thread holds its own connection; no other thread can close it)."""
-        barrier = threading.Barrier(self._threads)
-
-        def close_connections() -> None:
+    def _run(self) -> None:
+        try:
+            while True:
+                first = self._queue.get()
+                if first is _STOP:
+                    return
+                batch = [first]
+                stop_after = False
+                while len(batch) < MAX_BATCH:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stop_after = True
+                        break
+                    batch.append(item)
+                self._run_batch(batch)
+                if stop_after:
+                    return
+        finally:
             connections.close_all()
-            try:
-                barrier.wait(timeout=10)
-            except threading.BrokenBarrierError:
-                pass
 
-        for _ in range(self._threads):
-            self._executor.submit(close_connections)
-        self._executor.shutdown(wait=True)
+    def _run_batch(self, batch: list[tuple[Job, asyncio.AbstractEventLoop | None, asyncio.Future[Any] | None]]) -> None:
+        # What Django does at the start of each web request: drop a connection that
+        # broke (the database restarted, say) or outlived CONN_MAX_AGE, so this batch
+        # reconnects; and under DEBUG forget the previous batch's queries (Django
+        # keeps up to 9,000 per connection, megabytes in a long-lived thread).
+        reset_queries()
+        close_old_connections()
+        try:
+            results = process([job for job, _, _ in batch])
+        except Exception as error:  # a bug: every waiting session gets a 4xx, none hangs
+            log.exception("A batch of %d database jobs failed", len(batch))
+            results = [error] * len(batch)
+        for (_, loop, future), result in zip(batch, results):
+            if future is not None and loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(_resolve, future, result)
 
 
-def _log_failure(future: Future[Any]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.error("Background database unit failed", exc_info=future.exception())
+def _resolve(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():  # the session may have gone meanwhile
+        future.set_result(result)

@@ -31,7 +31,9 @@ def test_backlog_is_bounded_logged_and_written_later(transactional_db: None, cap
     assert [json.loads(line)["session_id"] for line in kept_lines] == ["s0", "s1", "s2"]  # every record is in the log
     assert any("backlog full (2); dropped from memory" in m and '"s0"' in m for m in errors)
 
-    assert recorder.flush() == 2 and len(recorder) == 0
+    drained = recorder.drain()
+    assert [r.session_id for r in drained] == ["s1", "s2"] and len(recorder) == 0
+    AuthAttempt.objects.bulk_create([r.to_row() for r in drained])
     rows = AuthAttempt.objects.order_by("created_at")
     assert [(r.session_id, r.created_at, r.reason) for r in rows] == [
         ("s1", T0 + timedelta(seconds=1), "TEMPORARY_FAILURE"),
@@ -39,8 +41,11 @@ def test_backlog_is_bounded_logged_and_written_later(transactional_db: None, cap
     ]
 
 
-def test_write_flushes_the_backlog_first(transactional_db: None) -> None:
-    recorder = AttemptRecorder(max_kept=10)
-    recorder.keep(record(1))
-    recorder.write(record(2))
-    assert list(AuthAttempt.objects.order_by("id").values_list("session_id", flat=True)) == ["s1", "s2"]
+def test_restore_puts_records_back_in_order_within_the_bound() -> None:
+    recorder = AttemptRecorder(max_kept=3)
+    recorder.keep(record(3))
+    recorder.restore([record(1), record(2)])
+    assert [r.session_id for r in recorder.drain()] == ["s1", "s2", "s3"]
+    recorder.keep(record(4))
+    recorder.restore([record(1), record(2), record(3)])  # one too many: the oldest goes
+    assert [r.session_id for r in recorder.drain()] == ["s2", "s3", "s4"]
