@@ -44,6 +44,8 @@ class GatewayHandler:
         self.connections = ConnectionRegistry(config.max_connections, config.max_connections_per_ip, config.throttle_exempt)
         self.sessions: set[GatewaySMTP] = set()
         self.shutting_down = False
+        # aiosmtpd's hook table ("MAIL" -> handle_MAIL), built once, not per connection.
+        self.hooks = {name[7:]: getattr(self, name) for name in dir(self) if name.startswith("handle_") and name != "handle_exception"}
 
     def admission_refusal(self, address: str | None) -> str | None:
         """The reply that refuses a new connection, or None to admit it."""
