@@ -194,9 +194,13 @@ class GatewaySMTP(SMTP):
         super().connection_lost(error)
 
     def eof_received(self) -> bool | None:
-        if self._refused:
-            return False
-        return super().eof_received()
+        if not self._refused:
+            super().eof_received()  # cancels the session's task
+        # Close our side too. aiosmtpd keeps the half-closed transport open and
+        # leaves closing it to the cancelled task, but under uvloop the EOF can come
+        # before that task ever ran: the socket then stayed open (a leaked fd per
+        # client that connects and leaves at once).
+        return False
 
     def _timeout_cb(self) -> None:
         # RFC 5321 4.5.3.2: say why before closing.

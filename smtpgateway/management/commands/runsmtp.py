@@ -6,7 +6,7 @@ import asyncio
 import errno
 import ssl
 from dataclasses import replace
-from typing import Any
+from typing import Any, Coroutine
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -23,6 +23,18 @@ def describe_database() -> str:
     host = db.get("HOST") or "local socket"
     port = f":{db['PORT']}" if db.get("PORT") else ""
     return f"{vendor} {host}{port}/{db['NAME']}"
+
+
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop unless SMTP_EVENT_LOOP says "asyncio"."""
+    if settings.SMTP_EVENT_LOOP == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    elif settings.SMTP_EVENT_LOOP == "asyncio":
+        asyncio.run(main)
+    else:
+        raise CommandError(f"SMTP_EVENT_LOOP must be uvloop or asyncio, not {settings.SMTP_EVENT_LOOP!r}.")
 
 
 def describe_throttling(config: GatewayConfig) -> str:
@@ -56,7 +68,7 @@ class Command(BaseCommand):
         if options["tls_port"] is not None:
             config = replace(config, tls_port=options["tls_port"] or None)
         try:
-            asyncio.run(serve_until_signalled(config, on_ready=self.print_banner))
+            run_event_loop(serve_until_signalled(config, on_ready=self.print_banner))
         except (ValueError, ssl.SSLError) as error:
             raise CommandError(f"TLS is misconfigured: {error}") from error
         except FileNotFoundError as error:
@@ -92,6 +104,7 @@ class Command(BaseCommand):
             f"{config.max_connections} connections ({config.max_connections_per_ip} per address)",
             f"  throttle:  {describe_throttling(config)}",
             f"  database:  {describe_database()}",
+            f"  loop:      {settings.SMTP_EVENT_LOOP}",
             "Quit with Ctrl-C.",
         ]
         self.stdout.write("\n".join(lines))
