@@ -11,7 +11,7 @@ USERNAME_MAX_LENGTH = 128
 
 class AuthAttempt(models.Model):
     created_at = models.DateTimeField(db_index=True)
-    remote_addr = models.GenericIPAddressField(null=True, blank=True, db_index=True)
+    remote_addr = models.GenericIPAddressField(null=True, blank=True, db_index=True)  # admin search
     remote_port = models.PositiveIntegerField(null=True, blank=True)
     session_id = models.CharField(max_length=32, db_index=True, help_text="Also in the gateway's log lines.")
     encrypted = models.BooleanField(default=False, db_index=True, help_text="Whether the session was under TLS.")
@@ -38,7 +38,14 @@ class AuthAttempt(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["remote_addr", "success", "created_at"], name="authattempt_addr_time")]
+        indexes = [
+            # The rate limit counts an address's recent failures on every AUTH: a
+            # partial index holds failures only, so it stays small however many
+            # successful logins an address makes.
+            models.Index(
+                fields=["remote_addr", "created_at"], condition=models.Q(success=False), name="authattempt_failures_by_addr"
+            ),
+        ]
         verbose_name = "AUTH attempt"
 
     def __str__(self) -> str:
