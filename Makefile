@@ -35,5 +35,11 @@ run: setup
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+BENCH_ARGS ?=
+# The benchmark (bench/run.py): needs gcc; uses PostgreSQL too when reachable.
+bench: setup
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	$(PY) bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis test-db.sqlite3*

@@ -56,10 +56,17 @@ def received_header(submission: Submission, queue_id: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", errors="surrogateescape")
 
 
+_HEADER_BLOCK_LIMIT = 256 * 1024
+
+
 def summarize(content: bytes) -> tuple[str, str]:
-    """Message-ID and Subject, parsed with the stdlib; unparsable headers give ''."""
+    """Message-ID and Subject, parsed with the stdlib; unparsable headers give ''.
+    Only the header block is parsed (the parser would otherwise decode the whole
+    message into a string: tens of megabytes for a large one)."""
+    end = content.find(b"\r\n\r\n", 0, _HEADER_BLOCK_LIMIT)
+    header_block = content[: end + 4] if end >= 0 else content[:_HEADER_BLOCK_LIMIT]
     try:
-        headers = _header_parser.parsebytes(content)
+        headers = _header_parser.parsebytes(header_block)
         message_id = str(headers.get("Message-ID", "") or "").strip()
         subject = str(headers.get("Subject", "") or "").strip()
     except Exception:  # a malformed header must not lose an otherwise fine message

@@ -13,19 +13,35 @@ connection: one suits SQLite (a single writer); PostgreSQL can use more.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import queue
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from django.db import close_old_connections, connections, reset_queries
 
-from smtpgateway.commits import Job, process
+from smtpgateway.commits import Job, StoreJob, process
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 256
+LARGE_BATCH_BYTES = 4 * 1024 * 1024
 _STOP = object()
+
+
+def _load_trim() -> Callable[[], None]:
+    """glibc's malloc_trim: hand freed heap memory back to the system. After a
+    batch that stored megabytes of messages, this thread's arena would otherwise
+    keep that memory for good."""
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return lambda: None
+    return lambda: trim(0)
+
+
+_trim_heap = _load_trim()
 
 
 class DatabaseWorker:
@@ -99,6 +115,8 @@ class DatabaseWorker:
         for (_, loop, future), result in zip(batch, results):
             if future is not None and loop is not None and not loop.is_closed():
                 loop.call_soon_threadsafe(_resolve, future, result)
+        if sum(len(job.submission.content) for job, _, _ in batch if isinstance(job, StoreJob)) > LARGE_BATCH_BYTES:
+            _trim_heap()
 
 
 def _resolve(future: asyncio.Future[Any], result: Any) -> None:

@@ -1,0 +1,320 @@
+"""The benchmark: our gateway against bare aiosmtpd, in one run (`make bench`).
+
+Starts, one after another, the reference (bare aiosmtpd 1.4 with an in-memory
+authenticator; bodies discarded), our `runsmtp` on SQLite, and our `runsmtp` on
+PostgreSQL when one is reachable (BENCH_POSTGRES_URL). Each server is pinned to
+CPU 0 and the load generator (bench/smtpload.c, compiled here) to CPU 1 when the
+machine has two. For every scenario and concurrency it measures sessions/s,
+server CPU per session and the AUTH step's latency; every reply is checked by
+the load generator, and a wrong one is an error, never a session. It also
+measures peak RSS with 256 idle sessions and around one 10 MiB message.
+
+The gateway runs as in production (DEBUG off, uvloop, the rate-limit query on
+every AUTH, every attempt recorded, every message committed before its 250),
+except: the failure delay is 0 (a policy knob, not work), the rate limit is set
+too high to trigger, and per-address connection limits are off (every client is
+127.0.0.1).
+
+Writes docs/benchmarks.md (with the date and machine) and docs/benchmarks.png.
+Options: --seconds N per cell (default 3), --quick (2 concurrencies, 1 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "var" / "bench"
+LOADGEN = BUILD / "smtpload"
+INBOX, KEY, WRONG_KEY = "inb_valid1234567890", "am_validkey12345678901234567890123456", "am_doesnotexist0123456789012345678901"
+TWO_CPUS = (os.cpu_count() or 1) >= 2
+SERVER_CPU, CLIENT_CPU = "0", "1"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    password: str
+    expect: int
+    messages: int
+    body: int
+
+
+SCENARIOS = [
+    Scenario("auth_ok", "(a) successful AUTH", KEY, 235, 0, 0),
+    Scenario("auth_fail", "(b) failed AUTH", WRONG_KEY, 535, 0, 0),
+    Scenario("auth_msg", "(c) AUTH + one 2 KB message", KEY, 235, 1, 2048),
+    Scenario("auth_20msg", "(d) AUTH + 20 messages per connection", KEY, 235, 20, 2048),
+]
+CONCURRENCY = [1, 16, 64, 256]
+
+GATEWAY_ENV = {
+    "DEBUG": "false",
+    "SECRET_KEY": "benchmark-only",
+    "SMTP_AUTH_FAILURE_DELAY": "0",
+    "SMTP_AUTH_RATE_LIMIT": "100000000/600",
+    "SMTP_AUTH_MAX_FAILURES": "0",
+    "SMTP_MAX_CONNECTIONS": "5000",
+    "SMTP_MAX_CONNECTIONS_PER_IP": "0",
+    "SMTP_MAX_UNAUTH_COMMANDS": "0",
+    "SMTP_THROTTLE_EXEMPT": "",
+    "SMTP_AUTH_REQUIRE_TLS": "false",
+    "SMTP_TLS_PORT": "0",
+    "SMTP_TLS_CERT_FILE": "",
+    "SMTP_TLS_KEY_FILE": "",
+    "LOG_LEVEL": "WARNING",
+}
+
+
+def pinned(cpu: str, command: list[str]) -> list[str]:
+    return ["taskset", "-c", cpu, *command] if TWO_CPUS and shutil.which("taskset") else command
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def build_loadgen() -> None:
+    BUILD.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["gcc", "-O2", "-o", str(LOADGEN), str(ROOT / "bench" / "smtpload.c")], check=True)
+
+
+def prepare_database(url: str) -> None:
+    env = {**os.environ, **GATEWAY_ENV, "DATABASE_URL": url}
+    for args in (["migrate", "--noinput", "-v0"], ["loaddata", "scenarios", "-v0"]):
+        subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True)
+
+
+def postgres_reachable(url: str) -> bool:
+    try:
+        import psycopg
+
+        psycopg.connect(url, connect_timeout=2).close()
+        return True
+    except Exception:
+        return False
+
+
+class Server:
+    def __init__(self, label: str, command: list[str], env: dict[str, str] | None = None) -> None:
+        self.label = label
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            pinned(SERVER_CPU, [*command, str(self.port)] if "reference" in label else [*command, "--port", str(self.port)]),
+            cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit(f"{label} did not start")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def status_kib(self, key: str) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def run_cell(server: Server, scenario: Scenario, concurrency: int, seconds: float) -> dict[str, float]:
+    payload = base64.b64encode(f"\0{INBOX}\0{scenario.password}".encode()).decode()
+    cpu_before = server.cpu_seconds()
+    output = subprocess.run(
+        pinned(CLIENT_CPU, [str(LOADGEN), "127.0.0.1", str(server.port), str(concurrency), str(seconds), payload,
+                            str(scenario.expect), str(scenario.messages), str(scenario.body)]),
+        capture_output=True, text=True, check=True,
+    ).stdout
+    cpu = server.cpu_seconds() - cpu_before
+    result = json.loads(output)
+    sessions = max(result["sessions"], 1)
+    return {
+        "rate": result["sessions"] / result["elapsed"],
+        "cpu_ms": cpu * 1000 / sessions,
+        "p50": result["auth_p50_ms"],
+        "p95": result["auth_p95_ms"],
+        "p99": result["auth_p99_ms"],
+        "errors": result["errors"],
+    }
+
+
+def memory_profile(server: Server) -> dict[str, float]:
+    """RSS with 256 idle sessions, and peak RSS around one 10 MiB message."""
+    base = server.status_kib("VmRSS")
+    idle = []
+    for _ in range(256):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.recv(1024)
+        sock.sendall(b"EHLO idle.bench\r\n")
+        idle.append(sock)
+    time.sleep(1)
+    with_idle = server.status_kib("VmRSS")
+    for sock in idle:
+        sock.close()
+    time.sleep(1)
+    before = server.status_kib("VmRSS")
+    hwm_before = server.status_kib("VmHWM")
+    body = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 10200  # just under 10 MiB
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=120) as client:
+        client.login(INBOX, KEY)
+        client.sendmail("test@agentmail.dev", ["bench@example.com"], body)
+    time.sleep(2)
+    after = server.status_kib("VmRSS")
+    peak = max(server.status_kib("VmHWM"), hwm_before)
+    return {
+        "base_mib": base / 1024,
+        "idle256_mib": with_idle / 1024,
+        "msg_peak_rise_mib": (peak - before) / 1024,
+        "msg_size_mib": len(body) / 2**20,
+        "after_msg_mib": after / 1024,
+        "before_msg_mib": before / 1024,
+    }
+
+
+def render(results: dict[str, dict], memory: dict[str, dict], seconds: float, concurrencies: list[int]) -> str:
+    reference = results["reference"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Run {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()}: {os.cpu_count()} CPUs "
+        f"({platform.processor() or platform.machine()}), Python {platform.python_version()}, {platform.system()} {platform.release()}.",
+        f"Server pinned to CPU {SERVER_CPU}, load generator (bench/smtpload.c) to CPU {CLIENT_CPU}: {TWO_CPUS}. "
+        f"{seconds:g} s per cell, loopback. A session is connect + EHLO + AUTH PLAIN (+ messages) + QUIT; every reply checked.",
+        "Reference: bare aiosmtpd 1.4.6, in-memory authenticator, bodies discarded. Ours: `runsmtp` with every AUTH "
+        "checked against the database (rate-limit count, key, inbox) and recorded, every message committed before its 250.",
+        "",
+        "Ratio = our sessions/s ÷ the reference's in the same cell.",
+        "",
+    ]
+    for scenario in SCENARIOS:
+        lines += [f"## {scenario.title}", "", "| server | conns | sessions/s | ratio | CPU ms/session | AUTH p50 ms | p95 | p99 | errors |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for label, cells in results.items():
+            for concurrency in concurrencies:
+                cell = cells.get((scenario.name, concurrency))
+                if cell is None:
+                    continue
+                ref = reference.get((scenario.name, concurrency), {}).get("rate") or 0
+                ratio = f"{cell['rate'] / ref:.2f}" if ref else "-"
+                lines.append(
+                    f"| {label} | {concurrency} | {cell['rate']:.0f} | {ratio} | {cell['cpu_ms']:.2f} | {cell['p50']:.1f} | {cell['p95']:.1f} | {cell['p99']:.1f} | {cell['errors']:.0f} |"
+                )
+        lines.append("")
+    lines += ["## Memory", "", "| server | RSS at start MiB | with 256 idle sessions | 10 MiB message: peak rise | RSS before → after the message |", "|---|---:|---:|---:|---:|"]
+    for label, mem in memory.items():
+        lines.append(
+            f"| {label} | {mem['base_mib']:.1f} | {mem['idle256_mib']:.1f} | {mem['msg_peak_rise_mib']:.1f} "
+            f"({mem['msg_peak_rise_mib'] / mem['msg_size_mib']:.1f}× the message) | {mem['before_msg_mib']:.1f} → {mem['after_msg_mib']:.1f} |"
+        )
+    lines += ["", "![sessions/s and AUTH p99 per concurrency](benchmarks.png)", ""]
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, dict], concurrencies: list[int], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no chart (make bench installs it)")
+        return
+    figure, axes = plt.subplots(2, len(SCENARIOS), figsize=(4 * len(SCENARIOS), 7), sharex=True)
+    for column, scenario in enumerate(SCENARIOS):
+        for label, cells in results.items():
+            points = [(c, cells[(scenario.name, c)]) for c in concurrencies if (scenario.name, c) in cells]
+            axes[0][column].plot([c for c, _ in points], [cell["rate"] for _, cell in points], marker="o", label=label)
+            axes[1][column].plot([c for c, _ in points], [cell["p99"] for _, cell in points], marker="o", label=label)
+        axes[0][column].set_title(scenario.title, fontsize=9)
+        axes[1][column].set_xscale("log", base=2)
+        axes[1][column].set_xlabel("concurrent connections")
+    axes[0][0].set_ylabel("sessions/s")
+    axes[1][0].set_ylabel("AUTH p99 ms")
+    axes[0][0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per cell (default 3)")
+    parser.add_argument("--quick", action="store_true", help="concurrency 1 and 64 only, 1 s per cell")
+    args = parser.parse_args()
+    seconds = 1.0 if args.quick else args.seconds
+    concurrencies = [1, 64] if args.quick else CONCURRENCY
+
+    build_loadgen()
+    python = sys.executable
+    servers: list[tuple[str, list[str], dict[str, str] | None]] = [
+        ("reference", [python, "bench/reference_server.py"], None),
+    ]
+    sqlite_url = f"sqlite:///{BUILD / 'bench.sqlite3'}"
+    for stale in BUILD.glob("bench.sqlite3*"):
+        stale.unlink()
+    prepare_database(sqlite_url)
+    servers.append(("ours, SQLite", [python, "manage.py", "runsmtp"], {**GATEWAY_ENV, "DATABASE_URL": sqlite_url}))
+    postgres_url = os.environ.get("BENCH_POSTGRES_URL", "postgres://agentmail:agentmail@127.0.0.1:5432/agentmail")
+    if postgres_reachable(postgres_url):
+        prepare_database(postgres_url)
+        servers.append(("ours, PostgreSQL", [python, "manage.py", "runsmtp"], {**GATEWAY_ENV, "DATABASE_URL": postgres_url, "SMTP_DB_WORKERS": "2"}))
+    else:
+        print(f"PostgreSQL not reachable at BENCH_POSTGRES_URL ({postgres_url.split('@')[-1]}): no PostgreSQL row")
+
+    results: dict[str, dict] = {}
+    memory: dict[str, dict] = {}
+    for label, command, env in servers:
+        server = Server(label, command, env)
+        try:
+            cells = results.setdefault(label, {})
+            for scenario in SCENARIOS:
+                for concurrency in concurrencies:
+                    cell = run_cell(server, scenario, concurrency, seconds)
+                    cells[(scenario.name, concurrency)] = cell
+                    print(f"{label:17} {scenario.name:10} c={concurrency:<4} {cell['rate']:8.0f}/s  cpu {cell['cpu_ms']:.2f} ms  "
+                          f"AUTH p50/p95/p99 {cell['p50']:.1f}/{cell['p95']:.1f}/{cell['p99']:.1f} ms  errors {cell['errors']:.0f}", flush=True)
+        finally:
+            server.stop()
+        fresh = Server(label, command, env)  # memory on a fresh process
+        try:
+            memory[label] = memory_profile(fresh)
+        finally:
+            fresh.stop()
+
+    report = render(results, memory, seconds, concurrencies)
+    docs = ROOT / "docs"
+    docs.mkdir(exist_ok=True)
+    (docs / "benchmarks.md").write_text(report)
+    chart(results, concurrencies, docs / "benchmarks.png")
+    print("\n" + report)
+
+
+if __name__ == "__main__":
+    main()
