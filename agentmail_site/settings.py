@@ -141,6 +141,9 @@ SMTP_AUTH_REQUIRE_TLS: bool = env.bool("SMTP_AUTH_REQUIRE_TLS", default=not DEBU
 # One is right for SQLite, which has a single writer; raise it for PostgreSQL.
 SMTP_DB_WORKERS: int = env.int("SMTP_DB_WORKERS", default=1)
 SMTP_LISTEN_BACKLOG: int = env.int("SMTP_LISTEN_BACKLOG", default=1024)
+# Every connection starts with a PROXY protocol header (behind HAProxy or a cloud
+# TCP load balancer); only the balancer may then reach the port.
+SMTP_PROXY_PROTOCOL: bool = env.bool("SMTP_PROXY_PROTOCOL", default=False)
 # Event loop for runsmtp: "uvloop" (faster, lower latency under load) or "asyncio".
 SMTP_EVENT_LOOP: str = env.str("SMTP_EVENT_LOOP", default="uvloop")
 

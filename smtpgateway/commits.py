@@ -122,7 +122,8 @@ def _commit_batch(jobs: list[Job]) -> list[Result]:
     failures: dict[str, int] = {}
     if limited:
         window = max(job.rate_limit.window for job in limited)  # type: ignore[union-attr]
-        failures = recent_failures({job.peer.remote_addr for job in limited if job.peer.remote_addr}, now - window)
+        limit = max(job.rate_limit.failures for job in limited)  # type: ignore[union-attr]
+        failures = recent_failures({job.peer.remote_addr for job in limited if job.peer.remote_addr}, now - window, limit)
     lookups = Lookups([_texts(job) for job in auth_jobs]) if auth_jobs else None
 
     results: list[Result] = []

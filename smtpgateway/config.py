@@ -39,6 +39,10 @@ class GatewayConfig:
     shutdown_grace: float = 30.0
     # Seconds between retries of AuthAttempt records the database refused.
     flush_interval: float = 5.0
+    # Scale-out: a PROXY protocol header (v1 or v2) starts every connection; the
+    # port is shared with other processes (SO_REUSEPORT).
+    proxy_protocol: bool = False
+    reuse_port: bool = False
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> GatewayConfig:
@@ -68,5 +72,6 @@ class GatewayConfig:
             idle_timeout=settings.SMTP_IDLE_TIMEOUT,
             data_timeout=settings.SMTP_DATA_TIMEOUT,
             shutdown_grace=settings.SMTP_SHUTDOWN_GRACE,
+            proxy_protocol=settings.SMTP_PROXY_PROTOCOL,
         )
         return replace(config, **{k: v for k, v in overrides.items() if v is not None})

@@ -25,6 +25,9 @@ class AuthAttempt(models.Model):
     )
     key_prefix = models.CharField(max_length=16, blank=True, help_text="Only when the key had a valid format.")
     success = models.BooleanField(db_index=True)
+    credential_failure = models.BooleanField(
+        default=False, help_text="A failed credential check: what the per-address AUTH rate limit counts."
+    )
     reason = models.CharField(max_length=32, choices=Reason.choices(), db_index=True)
     inbox = models.ForeignKey(
         "inboxes.Inbox", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
@@ -39,11 +42,16 @@ class AuthAttempt(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
-            # The rate limit counts an address's recent failures on every AUTH: a
-            # partial index holds failures only, so it stays small however many
-            # successful logins an address makes.
+            # The rate limit counts an address's recent failed credential checks on
+            # every AUTH. This partial index holds only those rows: not successes,
+            # and not the refusals of an address already locked out, so a check
+            # reads at most `limit` entries however hard an attack is.
+            # (A boolean condition, not "reason IN (...)": SQLite uses a partial index
+            # only when the query states its condition literally, without parameters.)
             models.Index(
-                fields=["remote_addr", "created_at"], condition=models.Q(success=False), name="authattempt_failures_by_addr"
+                fields=["remote_addr", "created_at"],
+                condition=models.Q(credential_failure=True),
+                name="authattempt_counted_failures",
             ),
         ]
         verbose_name = "AUTH attempt"

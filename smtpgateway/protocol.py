@@ -29,6 +29,7 @@ import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from aiosmtpd.proxy_protocol import get_proxy
 from aiosmtpd.smtp import SMTP, Session, TLSSetupException, syntax
 
 from smtpgateway import replies
@@ -50,6 +51,7 @@ COMMAND_SIZE_LIMITS: collections.defaultdict[str, int] = collections.defaultdict
     lambda: 512, {"MAIL": 512 + 26 + 14 + 10, "AUTH": 1000}
 )
 UNRECOGNIZED_COMMANDS_LIMIT = 5
+PROXY_HEADER_TIMEOUT = 10.0
 _COMMAND_WORD = re.compile(r"[A-Z][A-Z0-9-]{0,15}\Z")
 _LOGIN_USERNAME_PROMPT = base64.b64encode(b"Username:")
 _LOGIN_PASSWORD_PROMPT = base64.b64encode(b"Password:")
@@ -176,8 +178,10 @@ class GatewaySMTP(SMTP):
         super().connection_made(transport)  # after STARTTLS too, with a new session
         session = self.gateway_session()
         if isinstance(previous, GatewaySession):
-            session.session_id = previous.session_id  # one id for the whole connection
+            # After STARTTLS: still the same connection and the same client.
+            session.session_id = previous.session_id
             session.auth_failures = previous.auth_failures
+            session.peer, session.proxy_data = previous.peer, previous.proxy_data
         # Judged from the transport itself, so that a connection to the implicit-TLS
         # listener counts as encrypted too (aiosmtpd looks only at its own STARTTLS
         # state and withholds AUTH there: aio-libs/aiosmtpd issue 281).
@@ -217,6 +221,8 @@ class GatewaySMTP(SMTP):
 
     # --- the command loop ------------------------------------------------------------------
     async def _handle_client(self) -> None:
+        if self.config.proxy_protocol and not await self._accept_proxy_header():
+            return
         await self.push(f"220 {self.hostname} {self.__ident__}")
         unauthenticated_left = self.config.max_unauth_commands
         unrecognized_left = UNRECOGNIZED_COMMANDS_LIMIT
@@ -273,6 +279,31 @@ class GatewaySMTP(SMTP):
                 return
             except Exception as error:
                 await self.push(await self.handle_exception(error))
+
+    async def _accept_proxy_header(self) -> bool:
+        """Read the PROXY header (v1 or v2) a load balancer sends first; from then
+        on the session is the real client's: its address in records, logs, limits."""
+        self._reset_timeout(PROXY_HEADER_TIMEOUT)
+        try:
+            header = await get_proxy(self._reader)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            header = None
+        if header is None or not header.valid or header.src_addr is None:
+            log.warning("Connection closed: no valid PROXY header (%s)", header.error if header else "client left")
+            if self.transport is not None:
+                self.transport.close()
+            return False
+        session = self.gateway_session()
+        session.peer, session.proxy_data = (str(header.src_addr), header.src_port), header
+        registry = self.event_handler.connections
+        registry.release(self._admitted)  # it was counted as the balancer's
+        self._counted = registry.admit(str(header.src_addr))
+        if not self._counted:
+            await self._close_with(replies.TOO_MANY_CONNECTIONS)
+            return False
+        self._admitted = str(header.src_addr)
+        self._reset_timeout()
+        return True
 
     async def _read_command_line(self) -> bytes | None:
         """One line without its CRLF, or None if it was too long (already answered)."""

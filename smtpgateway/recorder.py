@@ -14,14 +14,14 @@ import json
 import logging
 import threading
 from collections import deque
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from django.conf import settings
 
 from smtpgateway.models import USERNAME_MAX_LENGTH, AuthAttempt
-from smtpgateway.reasons import Reason
+from smtpgateway.reasons import CREDENTIAL_FAILURES, Reason
 from smtpgateway.safetext import presented_username
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ class AttemptRecord:
     username: str
     key_prefix: str
     success: bool
+    credential_failure: bool
     reason: str
     api_key_id: int | None = None
     inbox_id: int | None = None
@@ -76,14 +77,13 @@ class AttemptRecord:
             username=presented_username(username, USERNAME_MAX_LENGTH),
             key_prefix=key_prefix,
             success=reason is Reason.OK,
+            credential_failure=reason.value in CREDENTIAL_FAILURES,
             reason=reason.value,
             api_key_id=api_key_id,
             inbox_id=inbox_id,
             organization_id=organization_id,
         )
 
-    def as_failure(self, reason: Reason) -> AttemptRecord:
-        return replace(self, success=False, reason=reason.value)
 
     def to_row(self) -> AuthAttempt:
         return AuthAttempt(**asdict(self))

@@ -123,6 +123,10 @@ class GatewayServer:
             self.certificates = CertificateStore(config.tls_cert_file, config.tls_key_file, config.tls_min_version)
         elif config.tls_port is not None:
             raise ValueError("An implicit-TLS port needs SMTP_TLS_CERT_FILE and SMTP_TLS_KEY_FILE.")
+        if config.proxy_protocol and config.tls_port is not None:
+            # The PROXY header comes before the TLS handshake, which the implicit-TLS
+            # listener does first; terminate TLS at the balancer, or use STARTTLS.
+            raise ValueError("The PROXY protocol works on the STARTTLS port only; turn off the implicit-TLS port.")
         self.db = DatabaseWorker(config.db_workers)
         self.handler = GatewayHandler(config, self.db)
         self._listeners: list[asyncio.base_events.Server] = []
@@ -136,7 +140,7 @@ class GatewayServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         context = self.certificates.context if self.certificates else None
-        common = {"host": self.config.host, "backlog": self.config.backlog, "reuse_address": True}
+        common = {"host": self.config.host, "backlog": self.config.backlog, "reuse_address": True, "reuse_port": self.config.reuse_port}
         self._listeners.append(
             await loop.create_server(lambda: self._new_protocol(context), port=self.config.port, **common)
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ctypes
 import errno
@@ -12,6 +13,7 @@ from typing import Any, Coroutine
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from smtpgateway.supervisor import run_workers
 from smtpgateway.server import AUTH_MECHANISMS, GatewayConfig, GatewayServer, serve_until_signalled
 
 
@@ -73,15 +75,39 @@ class Command(BaseCommand):
         parser.add_argument("--host", help=f"Address to listen on (default SMTP_HOST, {settings.SMTP_HOST}).")
         parser.add_argument("--port", type=int, help=f"Port to listen on (default SMTP_PORT, {settings.SMTP_PORT}).")
         parser.add_argument(
+            "--workers",
+            type=int,
+            default=1,
+            help="Run this many gateway processes on the same port (SO_REUSEPORT), for multi-core hosts (default 1).",
+        )
+        parser.add_argument(
+            "--proxy-protocol",
+            action="store_true",
+            default=None,
+            help="Expect a PROXY protocol v1/v2 header on every connection (behind HAProxy or a TCP load balancer; "
+            "default SMTP_PROXY_PROTOCOL).",
+        )
+        parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+        parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+        parser.add_argument(
             "--tls-port",
             type=int,
             help="Also listen here with TLS from the first byte (implicit TLS, e.g. 465; default SMTP_TLS_PORT, 0 = off).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        config = GatewayConfig.from_settings(host=options["host"], port=options["port"])
+        if options["workers"] < 1:
+            raise CommandError("--workers must be at least 1.")
+        if options["workers"] > 1:
+            passed = [f"--{name.replace('_', '-')}={options[name]}" for name in ("host", "port", "tls_port") if options[name] is not None]
+            passed += ["--proxy-protocol"] if options["proxy_protocol"] else []
+            raise SystemExit(run_workers(options["workers"], passed))
+        config = GatewayConfig.from_settings(
+            host=options["host"], port=options["port"], proxy_protocol=options["proxy_protocol"], reuse_port=options["reuse_port"] or None
+        )
         if options["tls_port"] is not None:
             config = replace(config, tls_port=options["tls_port"] or None)
+        self.worker_index = options["worker_index"]
         try:
             run_event_loop(serve_until_signalled(config, on_ready=self.print_banner))
         except (ValueError, ssl.SSLError) as error:
@@ -98,12 +124,18 @@ class Command(BaseCommand):
         self.stdout.write("agentmail-smtp stopped.")
 
     def print_banner(self, server: GatewayServer) -> None:
+        if self.worker_index:  # one banner for all workers: the first one's
+            return
         config = server.config
         certificates = server.certificates
         lines = [f"agentmail-smtp listening on {config.host}:{server.port} ({'STARTTLS' if certificates else 'plaintext only'})"]
         if server.tls_port:
             lines.append(f"                          {config.host}:{server.tls_port} (implicit TLS)")
         lines.append(f"  hostname:  {config.hostname}")
+        if config.reuse_port:
+            lines.append("  workers:   several processes share this port (SO_REUSEPORT); limits are per process")
+        if config.proxy_protocol:
+            lines.append("  PROXY:     every connection must start with a PROXY v1/v2 header (only the balancer may connect)")
         if config.auth_require_tls:
             lines.append(f"  AUTH:      {' '.join(AUTH_MECHANISMS)}, only over TLS")
             if certificates is None:
