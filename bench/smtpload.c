@@ -8,8 +8,10 @@
  * connection is counted as an error, never as a session. The AUTH step's latency
  * (AUTH sent -> reply read) is recorded per session.
  *
- * Usage: smtpload HOST PORT CONCURRENCY SECONDS AUTH_B64 EXPECT_AUTH MESSAGES BODY_BYTES
+ * Usage: smtpload HOST PORT CONCURRENCY SECONDS AUTH_B64 EXPECT_AUTH MESSAGES BODY_BYTES [SPREAD]
  *   EXPECT_AUTH: the AUTH reply code expected (235 or 535); MESSAGES: per session.
+ *   SPREAD: if given and 1, each connection comes from a random 127.x.y.z source
+ *   address (Linux routes all of 127/8 to loopback), as clients do from many hosts.
  * Output (one line of JSON): sessions, errors, elapsed, and AUTH latency
  * percentiles in milliseconds.
  */
@@ -19,6 +21,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,7 +42,7 @@ typedef struct {
 } conn_t;
 
 static const char *host, *auth_b64;
-static int port, expect_auth, messages, body_bytes;
+static int port, expect_auth, messages, body_bytes, spread;
 static char *body;
 static size_t body_len;
 static double *latencies;
@@ -76,6 +79,11 @@ static int open_conn(int epfd, conn_t *c) {
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (spread) {
+        struct sockaddr_in source = {.sin_family = AF_INET, .sin_port = 0};
+        source.sin_addr.s_addr = htonl(0x7f000000u | ((uint32_t)(rand() % 0xfffffe) + 1u));
+        bind(c->fd, (struct sockaddr *)&source, sizeof source);
+    }
     if (connect(c->fd, (struct sockaddr *)&addr, sizeof addr) < 0 && errno != EINPROGRESS) return -1;
     c->step = GREETING;
     c->in_len = 0;
@@ -108,6 +116,17 @@ static int complete_reply(conn_t *c) {
     return 0;
 }
 
+/* After AUTH or a message: the next message, or QUIT. */
+static void next_message_or_quit(conn_t *c) {
+    if (c->messages_left > 0) {
+        send_line(c, "MAIL FROM:<test@agentmail.dev>");
+        c->step = MAIL;
+    } else {
+        send_line(c, "QUIT");
+        c->step = QUIT;
+    }
+}
+
 /* Advance one step on a complete reply; returns 0 on an unexpected code. */
 static int advance(conn_t *c, int code) {
     switch (c->step) {
@@ -128,13 +147,8 @@ static int advance(conn_t *c, int code) {
     case AUTH:
         if (latency_count < latency_cap) latencies[latency_count++] = (now() - c->auth_sent) * 1000.0;
         if (code != expect_auth) return 0;
-        if (code == 235 && c->messages_left > 0) {
-            send_line(c, "MAIL FROM:<test@agentmail.dev>");
-            c->step = MAIL;
-        } else {
-            send_line(c, "QUIT");
-            c->step = QUIT;
-        }
+        if (code != 235) c->messages_left = 0;
+        next_message_or_quit(c);
         return 1;
     case MAIL:
         if (code != 250) return 0;
@@ -153,13 +167,8 @@ static int advance(conn_t *c, int code) {
         return 1;
     case BODY:
         if (code != 250) return 0;
-        if (--c->messages_left > 0) {
-            send_line(c, "MAIL FROM:<test@agentmail.dev>");
-            c->step = MAIL;
-        } else {
-            send_line(c, "QUIT");
-            c->step = QUIT;
-        }
+        c->messages_left--;
+        next_message_or_quit(c);
         return 1;
     case QUIT:
         if (code != 221) return 0;
@@ -170,8 +179,8 @@ static int advance(conn_t *c, int code) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 9) {
-        fprintf(stderr, "usage: %s HOST PORT CONCURRENCY SECONDS AUTH_B64 EXPECT_AUTH MESSAGES BODY_BYTES\n", argv[0]);
+    if (argc != 9 && argc != 10) {
+        fprintf(stderr, "usage: %s HOST PORT CONCURRENCY SECONDS AUTH_B64 EXPECT_AUTH MESSAGES BODY_BYTES [SPREAD]\n", argv[0]);
         return 2;
     }
     host = argv[1];
@@ -182,6 +191,7 @@ int main(int argc, char **argv) {
     expect_auth = atoi(argv[6]);
     messages = atoi(argv[7]);
     body_bytes = atoi(argv[8]);
+    spread = argc == 10 && atoi(argv[9]) == 1;
 
     /* A body of body_bytes: headers, then 76-character lines, then the end mark. */
     body = malloc((size_t)body_bytes + 256);

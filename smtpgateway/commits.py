@@ -115,6 +115,10 @@ def _auth_record(job: AuthJob, outcome: Outcome, when: timezone.datetime) -> Att
     )
 
 
+def _unvalidated_record(job: RecordJob, when: timezone.datetime) -> AttemptRecord:
+    return AttemptRecord.build(peer=job.peer, when=when, mechanism=job.mechanism, username=job.username, reason=job.reason)
+
+
 def _commit_batch(jobs: list[Job]) -> list[Result]:
     now = timezone.now()
     auth_jobs = [job for job in jobs if isinstance(job, AuthJob)]
@@ -145,7 +149,7 @@ def _commit_batch(jobs: list[Job]) -> list[Result]:
             records.append(_auth_record(job, outcome, now))
             results.append(outcome)
         elif isinstance(job, RecordJob):
-            records.append(AttemptRecord.build(peer=job.peer, when=now, mechanism=job.mechanism, username=job.username, reason=job.reason))
+            records.append(_unvalidated_record(job, now))
             results.append(None)
         elif isinstance(job, StoreJob):
             row = message_row(job.submission)
@@ -181,7 +185,7 @@ def _fail_fast(jobs: list[Job]) -> list[Result]:
             recorder.keep(_auth_record(job, outcome, now))
             results.append(outcome)
         elif isinstance(job, RecordJob):
-            recorder.keep(AttemptRecord.build(peer=job.peer, when=now, mechanism=job.mechanism, username=job.username, reason=job.reason))
+            recorder.keep(_unvalidated_record(job, now))
             results.append(None)
         elif isinstance(job, StoreJob):
             results.append(DatabaseError("message not stored: database unavailable"))
