@@ -2,7 +2,8 @@
 
 Starts, one after another, the reference (bare aiosmtpd 1.4 with an in-memory
 authenticator; bodies discarded), our `runsmtp` on SQLite, and our `runsmtp` on
-PostgreSQL when one is reachable (BENCH_POSTGRES_URL). Each server is pinned to
+PostgreSQL when one is reachable (BENCH_POSTGRES_URL, default the database
+agentmail_bench of the CI role, created if missing). Each server is pinned to
 CPU 0 and the load generator (bench/smtpload.c, compiled here) to CPU 1 when the
 machine has two. For every scenario and concurrency it measures sessions/s,
 server CPU per session and the AUTH step's latency; every reply is checked by
@@ -96,18 +97,29 @@ def build_loadgen() -> None:
 
 
 def prepare_database(url: str) -> None:
+    """Migrate, load the demo data, and start with no records (earlier runs' failed
+    attempts would otherwise trip the AUTH rate limit)."""
     env = {**os.environ, **GATEWAY_ENV, "DATABASE_URL": url}
-    for args in (["migrate", "--noinput", "-v0"], ["loaddata", "scenarios", "-v0"]):
+    empty = "from smtpgateway.models import AuthAttempt as A; from inboxes.models import Message as M; A.objects.all().delete(); M.objects.all().delete()"
+    for args in (["migrate", "--noinput", "-v0"], ["loaddata", "scenarios", "-v0"], ["shell", "-c", empty]):
         subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True)
 
 
-def postgres_reachable(url: str) -> bool:
+def fresh_postgres_database(url: str) -> bool:
+    """Create the benchmark's own database if missing; False if PostgreSQL is not
+    reachable. Its records are emptied by prepare_database, like the SQLite file."""
     try:
         import psycopg
+        from psycopg import sql
 
-        psycopg.connect(url, connect_timeout=2).close()
+        name = url.rsplit("/", 1)[1]
+        admin = psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", connect_timeout=2, autocommit=True)
+        with admin:
+            if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return True
-    except Exception:
+    except Exception as error:
+        print(f"PostgreSQL not usable for the benchmark ({type(error).__name__}): no PostgreSQL row")
         return False
 
 
@@ -281,12 +293,10 @@ def main() -> None:
         stale.unlink()
     prepare_database(sqlite_url)
     servers.append(("ours, SQLite", [python, "manage.py", "runsmtp"], {**GATEWAY_ENV, "DATABASE_URL": sqlite_url}))
-    postgres_url = os.environ.get("BENCH_POSTGRES_URL", "postgres://agentmail:agentmail@127.0.0.1:5432/agentmail")
-    if postgres_reachable(postgres_url):
+    postgres_url = os.environ.get("BENCH_POSTGRES_URL", "postgres://agentmail:agentmail@127.0.0.1:5432/agentmail_bench")
+    if fresh_postgres_database(postgres_url):
         prepare_database(postgres_url)
         servers.append(("ours, PostgreSQL", [python, "manage.py", "runsmtp"], {**GATEWAY_ENV, "DATABASE_URL": postgres_url, "SMTP_DB_WORKERS": "2"}))
-    else:
-        print(f"PostgreSQL not reachable at BENCH_POSTGRES_URL ({postgres_url.split('@')[-1]}): no PostgreSQL row")
 
     results: dict[str, dict] = {}
     memory: dict[str, dict] = {}

@@ -126,8 +126,7 @@ def _commit_batch(jobs: list[Job]) -> list[Result]:
     failures: dict[str, int] = {}
     if limited:
         window = max(job.rate_limit.window for job in limited)  # type: ignore[union-attr]
-        limit = max(job.rate_limit.failures for job in limited)  # type: ignore[union-attr]
-        failures = recent_failures({job.peer.remote_addr for job in limited if job.peer.remote_addr}, now - window, limit)
+        failures = recent_failures({job.peer.remote_addr for job in limited if job.peer.remote_addr}, now - window)
     lookups = Lookups([_texts(job) for job in auth_jobs]) if auth_jobs else None
 
     results: list[Result] = []
