@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 MANAGE = Path(__file__).resolve().parent.parent / "manage.py"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def run_workers(count: int, worker_args: list[str]) -> int:
@@ -32,7 +33,11 @@ def run_workers(count: int, worker_args: list[str]) -> int:
         for index in range(count)
     ]
 
+    stopping = False
+
     def forward(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = stopping or signum in STOP_SIGNALS
         for worker in workers:
             if worker.poll() is None:
                 worker.send_signal(signum)
@@ -43,4 +48,15 @@ def run_workers(count: int, worker_args: list[str]) -> int:
     while all(worker.poll() is None for worker in workers):
         time.sleep(0.2)
     forward(signal.SIGTERM, None)
-    return max((worker.wait() for worker in workers), key=abs)
+    return max(exit_status(worker.wait(), stopping) for worker in workers)
+
+
+def exit_status(returncode: int, stopping: bool) -> int:
+    """A worker's return code as a process exit status. A worker still starting up
+    when we forwarded SIGINT/SIGTERM dies of it before installing its handlers:
+    that is a clean stop. Any other death by signal N is 128 + N, as in shells."""
+    if returncode >= 0:
+        return returncode
+    if stopping and -returncode in STOP_SIGNALS:
+        return 0
+    return 128 - returncode

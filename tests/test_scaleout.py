@@ -130,3 +130,12 @@ def test_haproxy_in_front_of_two_gateways(scenarios: None, leak_guard: None, tmp
     assert addresses == {"127.0.0.9"}, addresses
     assert AuthAttempt.objects.filter(success=True).count() == 10
     assert all("Auth succeeded" in output for output in outputs), "both gateways served sessions"
+
+
+def test_worker_exit_statuses() -> None:
+    from smtpgateway.supervisor import exit_status
+
+    assert exit_status(0, stopping=True) == 0 and exit_status(3, stopping=False) == 3
+    assert exit_status(-signal.SIGTERM, stopping=True) == 0  # stopped by us while starting
+    assert exit_status(-signal.SIGTERM, stopping=False) == 128 + signal.SIGTERM
+    assert exit_status(-signal.SIGKILL, stopping=True) == 128 + signal.SIGKILL
