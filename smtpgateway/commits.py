@@ -99,8 +99,7 @@ def _texts(job: AuthJob) -> tuple[str, str]:
     return job.username.decode("utf-8", errors="replace"), job.password.decode("ascii", errors="replace")
 
 
-def _auth_record(job: AuthJob, outcome: Outcome, when: timezone.datetime) -> AttemptRecord:
-    _, secret_text = _texts(job)
+def _auth_record(job: AuthJob, secret_text: str, outcome: Outcome, when: timezone.datetime) -> AttemptRecord:
     organization = outcome.key.organization_id if outcome.key else outcome.inbox.organization_id if outcome.inbox else None
     return AttemptRecord.build(
         peer=job.peer,
@@ -127,7 +126,8 @@ def _commit_batch(jobs: list[Job]) -> list[Result]:
     if limited:
         window = max(job.rate_limit.window for job in limited)  # type: ignore[union-attr]
         failures = recent_failures({job.peer.remote_addr for job in limited if job.peer.remote_addr}, now - window)
-    lookups = Lookups([_texts(job) for job in auth_jobs]) if auth_jobs else None
+    texts = {id(job): _texts(job) for job in auth_jobs}  # decoded once per job
+    lookups = Lookups(list(texts.values())) if auth_jobs else None
 
     results: list[Result] = []
     records: list[AttemptRecord] = []
@@ -140,12 +140,12 @@ def _commit_batch(jobs: list[Job]) -> list[Result]:
                 outcome = Outcome(Reason.RATE_LIMITED)
             else:
                 assert lookups is not None
-                outcome = validate(*_texts(job), lookups, now)
+                outcome = validate(*texts[id(job)], lookups, now)
             if outcome.reason.value in CREDENTIAL_FAILURES:
                 failures[address] = failures.get(address, 0) + 1  # later jobs in this batch see it
             if outcome.success:
                 touched_keys.add(outcome.key.id)  # type: ignore[union-attr]
-            records.append(_auth_record(job, outcome, now))
+            records.append(_auth_record(job, texts[id(job)][1], outcome, now))
             results.append(outcome)
         elif isinstance(job, RecordJob):
             records.append(_unvalidated_record(job, now))
@@ -181,7 +181,7 @@ def _fail_fast(jobs: list[Job]) -> list[Result]:
     for job in jobs:
         if isinstance(job, AuthJob):
             outcome = Outcome(Reason.TEMPORARY_FAILURE)
-            recorder.keep(_auth_record(job, outcome, now))
+            recorder.keep(_auth_record(job, _texts(job)[1], outcome, now))
             results.append(outcome)
         elif isinstance(job, RecordJob):
             recorder.keep(_unvalidated_record(job, now))

@@ -85,6 +85,3 @@ class ConnectionRegistry:
         self._per_address[key] -= 1
         if self._per_address[key] <= 0:
             del self._per_address[key]
-
-    def open_from(self, address: str | None) -> int:
-        return self._per_address[address or ""]

@@ -75,6 +75,9 @@ class GatewaySession(Session):
         self.identity: Identity | None = None
         self.tls: TlsInfo | None = None
         self.auth_failures = 0
+        # Subject to the rate limit and failure delay (not in SMTP_THROTTLE_EXEMPT);
+        # decided once the client's address is known.
+        self.throttled = True
 
 
 @dataclass(slots=True)
@@ -156,8 +159,7 @@ class GatewaySMTP(SMTP):
         return GatewaySession(self.loop)
 
     def gateway_session(self) -> GatewaySession:
-        # A method, not a property: aiosmtpd's __init__ reflects over every
-        # attribute (inspect.getmembers) before a session exists.
+        """The session, typed as ours (None only before connection_made)."""
         assert isinstance(self.session, GatewaySession)
         return self.session
 
@@ -182,6 +184,7 @@ class GatewaySMTP(SMTP):
             session.session_id = previous.session_id
             session.auth_failures = previous.auth_failures
             session.peer, session.proxy_data = previous.peer, previous.proxy_data
+        self._classify_client()
         # Judged from the transport itself, so that a connection to the implicit-TLS
         # listener counts as encrypted too (aiosmtpd looks only at its own STARTTLS
         # state and withholds AUTH there: aio-libs/aiosmtpd issue 281).
@@ -295,6 +298,7 @@ class GatewaySMTP(SMTP):
             return False
         session = self.gateway_session()
         session.peer, session.proxy_data = (str(header.src_addr), header.src_port), header
+        self._classify_client()
         registry = self.event_handler.connections
         registry.release(self._admitted)  # it was counted as the balancer's
         self._counted = registry.admit(str(header.src_addr))
@@ -424,8 +428,9 @@ class GatewaySMTP(SMTP):
         address = session.peer if isinstance(session.peer, tuple) else (None, None)
         return Peer(session.session_id, address[0], address[1], session.tls)
 
-    def throttled(self) -> bool:
-        return not is_exempt(self.peer().remote_addr, self.config.throttle_exempt)
+    def _classify_client(self) -> None:
+        session = self.gateway_session()
+        session.throttled = not is_exempt(self.peer().remote_addr, self.config.throttle_exempt)
 
     @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg: str | None) -> None:
@@ -462,7 +467,7 @@ class GatewaySMTP(SMTP):
             await self._reject(mechanism, credentials, started)
             return
         username, password = credentials
-        rate_limit = self.config.auth_rate_limit if self.throttled() else None
+        rate_limit = self.config.auth_rate_limit if session.throttled else None
         outcome: Outcome = await self.event_handler.db.commit(AuthJob(self.peer(), mechanism, username, password, rate_limit))
         reply = replies.auth_reply(outcome.reason)
         if not outcome.success:
@@ -492,7 +497,7 @@ class GatewaySMTP(SMTP):
             reply = replies.TOO_MANY_AUTH_FAILURES
         code = " ".join(reply.split(" ", 2)[:2])  # "535 5.7.8", "538 5.7.11"
         log.warning("Auth failed: %s, returning %s (session %s, %s)", reason, code, session.session_id, self.peer().remote_addr)
-        if self.throttled() and self.config.auth_failure_delay > 0:
+        if session.throttled and self.config.auth_failure_delay > 0:
             await asyncio.sleep(max(0.0, started + self.config.auth_failure_delay - self.loop.time()))
         if closing:
             await self._close_with(reply)

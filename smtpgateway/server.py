@@ -84,7 +84,6 @@ class GatewayHandler:
         assert identity is not None and envelope.mail_from is not None
         submission = Submission(
             inbox_pk=identity.inbox_pk,
-            session_id=session.session_id,
             helo_name=session.host_name or "unknown",
             remote_addr=server.peer().remote_addr,
             hostname=self.config.hostname,

@@ -25,7 +25,6 @@ class Submission:
     """Everything the store step needs, gathered on the event loop."""
 
     inbox_pk: int
-    session_id: str
     helo_name: str
     remote_addr: str | None
     hostname: str

@@ -144,8 +144,14 @@ def auth(client: smtplib.SMTP, mechanism: str, username: str, password: str) -> 
 class Wire:
     """A raw SMTP client on a socket, for exchanges that smtplib cannot produce."""
 
-    def __init__(self, port: int, timeout: float = 10) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 10, source: str | None = None, preamble: bytes = b"") -> None:
+        """``source``: connect from this loopback address (Linux routes all of 127/8
+        to lo); ``preamble``: bytes sent before the greeting (a PROXY header)."""
+        self.sock = socket.create_connection(
+            ("127.0.0.1", port), timeout=timeout, source_address=(source, 0) if source else None
+        )
+        if preamble:
+            self.sock.sendall(preamble)
         self.buffer = b""
         self.greeting = self.reply()
 

@@ -22,12 +22,8 @@ LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 
 
 def wire_from(gateway: LiveGateway, source: str = "127.0.0.1") -> Wire:
-    """A client from another loopback address (Linux routes all of 127/8 to lo)."""
-    wire = Wire.__new__(Wire)
-    wire.sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10, source_address=(source, 0))
-    wire.buffer = b""
-    wire.greeting = wire.reply()
-    return wire
+    """A client from another loopback address."""
+    return Wire(gateway.port, source=source)
 
 
 def ehlo(wire: Wire) -> Wire:

@@ -34,12 +34,7 @@ def proxy_v2(client: str, port: int) -> bytes:
 
 
 def session_through_proxy(port: int, header: bytes) -> Wire:
-    wire = Wire.__new__(Wire)
-    wire.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    wire.sock.sendall(header)
-    wire.buffer = b""
-    wire.greeting = wire.reply()
-    return wire
+    return Wire(port, preamble=header)
 
 
 @pytest.mark.parametrize("header", [proxy_v1, proxy_v2], ids=["v1", "v2"])
@@ -114,10 +109,7 @@ def test_haproxy_in_front_of_two_gateways(scenarios: None, leak_guard: None, tmp
                 time.sleep(0.05)
         for n in range(10):
             # The client comes from 127.0.0.9; HAProxy reaches the gateways from 127.0.0.1.
-            sock = socket.create_connection(("127.0.0.1", front), timeout=10, source_address=("127.0.0.9", 0))
-            wire = Wire.__new__(Wire)
-            wire.sock, wire.buffer = sock, b""
-            wire.greeting = wire.reply()
+            wire = Wire(front, source="127.0.0.9")
             wire.command("EHLO behind-haproxy.example")
             assert wire.command(GOOD).startswith("235 "), n
             wire.command("QUIT")
