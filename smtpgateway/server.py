@@ -36,6 +36,8 @@ __all__ = ["AUTH_MECHANISMS", "GatewayConfig", "GatewayHandler", "GatewayServer"
 
 log = logging.getLogger(__name__)
 
+CLOSE_LINGER = 1.0  # seconds closing sessions get to finish before they are aborted
+
 
 class GatewayHandler:
     def __init__(self, config: GatewayConfig, db: DatabaseWorker) -> None:
@@ -187,12 +189,19 @@ class GatewayServer:
             listener.close()
         for session in list(self.sessions):
             session.begin_shutdown()
-        if self.sessions:
-            log.info("Waiting up to %ss for %d busy session(s)", self.config.shutdown_grace, len(self.sessions))
+        busy = sum(session.busy for session in self.sessions)
+        if busy:
+            log.info("Waiting up to %ss for %d busy session(s)", self.config.shutdown_grace, busy)
             try:
-                await asyncio.wait_for(self._all_closed_or_forced(), self.config.shutdown_grace)
+                await asyncio.wait_for(self._until(self._none_busy), self.config.shutdown_grace)
             except asyncio.TimeoutError:
                 log.warning("Shutdown grace over; closing %d session(s)", len(self.sessions))
+        # Sessions told 421 are closing. Give their closes a moment, but do not wait
+        # for a TLS peer that never answers close_notify (asyncio would for 30 s).
+        try:
+            await asyncio.wait_for(self._until(lambda: not self.sessions), CLOSE_LINGER)
+        except asyncio.TimeoutError:
+            pass
         for session in list(self.sessions):
             if session.transport is not None:
                 session.transport.abort()
@@ -204,8 +213,12 @@ class GatewayServer:
         if len(recorder):
             log.error("%d AuthAttempt record(s) could not be written; they are in this log as JSON lines", len(recorder))
 
-    async def _all_closed_or_forced(self) -> None:
-        while self.sessions and not self._force_stop.is_set():
+    def _none_busy(self) -> bool:
+        return not any(session.busy for session in self.sessions)
+
+    async def _until(self, condition: Callable[[], bool]) -> None:
+        """Return once ``condition`` holds, or a second signal asks to stop now."""
+        while not condition() and not self._force_stop.is_set():
             await asyncio.sleep(0.05)
 
 
