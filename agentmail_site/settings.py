@@ -137,8 +137,9 @@ SMTP_TLS_PORT: int | None = env.int("SMTP_TLS_PORT", default=0) or None
 SMTP_TLS_MIN_VERSION: str = env.str("SMTP_TLS_MIN_VERSION", default="1.2")
 # AUTH only over encryption, unless DEBUG is on (the loopback demo).
 SMTP_AUTH_REQUIRE_TLS: bool = env.bool("SMTP_AUTH_REQUIRE_TLS", default=not DEBUG)
-# Threads that run the gateway's database work (each holds one DB connection).
-# One is right for SQLite, which has a single writer; raise it for PostgreSQL.
+# Committer threads that write records and messages (each holds one DB connection;
+# one more thread, the AUTH checker, only reads). One is right for SQLite, which
+# has a single writer; raise it for PostgreSQL.
 SMTP_DB_WORKERS: int = env.int("SMTP_DB_WORKERS", default=1)
 SMTP_LISTEN_BACKLOG: int = env.int("SMTP_LISTEN_BACKLOG", default=1024)
 # Every connection starts with a PROXY protocol header (behind HAProxy or a cloud
@@ -151,6 +152,9 @@ SMTP_EVENT_LOOP: str = env.str("SMTP_EVENT_LOOP", default="uvloop")
 SMTP_AUTH_MAX_FAILURES: int = env.int("SMTP_AUTH_MAX_FAILURES", default=3)
 SMTP_AUTH_FAILURE_DELAY: float = env.float("SMTP_AUTH_FAILURE_DELAY", default=1.0)
 SMTP_AUTH_RATE_LIMIT: str = env.str("SMTP_AUTH_RATE_LIMIT", default="10/600")
+# How long a key's and an inbox's state may be served from memory after it was
+# read (0 to 1 second): a revoked key or disabled inbox is refused within this.
+SMTP_AUTH_CACHE_SECONDS: float = env.float("SMTP_AUTH_CACHE_SECONDS", default=1.0)
 SMTP_THROTTLE_EXEMPT: list[str] = env.list("SMTP_THROTTLE_EXEMPT", default=[])
 SMTP_MAX_CONNECTIONS: int = env.int("SMTP_MAX_CONNECTIONS", default=1000)
 SMTP_MAX_CONNECTIONS_PER_IP: int = env.int("SMTP_MAX_CONNECTIONS_PER_IP", default=20)

@@ -2,13 +2,14 @@
 
 * :func:`validate` is the rule: the nine checks in their fixed order, as a plain
   function of the presented credentials and what a lookup found. No ORM.
-* :class:`Lookups` and :func:`recent_failures` are the database reads it needs,
-  done once for a whole batch of attempts (``smtpgateway.commits`` runs the batch
-  and records every attempt in the same transaction).
+* :func:`fetch_facts` and :func:`recent_failures` are the database reads it
+  needs, done once for a whole batch of attempts (``smtpgateway.checks`` runs
+  the batch; ``smtpgateway.commits`` records the attempts).
 
 Whenever both formats are valid, both the key and the inbox are looked up, so an
-unknown key, an unknown inbox and a wrong organization cost the same queries and
-the reply time does not say which check failed.
+unknown key, an unknown inbox and a wrong organization cost the same work; and a
+failure is answered at a fixed delay after the AUTH began, so the reply time does
+not say which check failed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Callable
 
 
-from django.db.models import Count
 
 from apikeys import keys
 from apikeys.models import ApiKey
@@ -95,29 +95,20 @@ def validate(username: str, password: str, lookup: Lookup, now: datetime) -> Out
     return Outcome(Reason.OK, key, inbox)
 
 
-class Lookups:
-    """Keys and inboxes fetched for a whole batch of attempts: one query for each
-    kind, whatever the batch size. Every attempt whose formats are valid has both
-    its key and its inbox fetched, so the failure reasons cost the same."""
-
-    def __init__(self, candidates: list[tuple[str, str]]) -> None:
-        wanted = [(inbox_id, password) for inbox_id, password in candidates if well_formed(inbox_id, password)]
-        digests = {keys.digest_key(password) for _, password in wanted}
-        inbox_ids = {inbox_id for inbox_id, _ in wanted}
-        self.keys: dict[str, KeyFacts] = {}
-        self.inboxes: dict[str, InboxFacts] = {}
-        if digests:
-            rows = ApiKey.objects.filter(digest__in=digests).values_list(
-                "digest", "id", "organization_id", "revoked_at", "expires_at", "scopes"
-            )
-            for digest, key_id, org_id, revoked_at, expires_at, scopes in rows:
-                self.keys[digest] = KeyFacts(key_id, org_id, revoked_at is not None, expires_at, tuple(scopes or ()))
-        if inbox_ids:
-            rows = Inbox.objects.filter(inbox_id__in=inbox_ids).values_list("id", "inbox_id", "organization_id", "status", "email")
-            self.inboxes = {row[1]: InboxFacts(*row) for row in rows}
-
-    def __call__(self, inbox_id: str, digest: str) -> tuple[KeyFacts | None, InboxFacts | None]:
-        return self.keys.get(digest), self.inboxes.get(inbox_id)
+def fetch_facts(digests: set[str], inbox_ids: set[str]) -> tuple[dict[str, KeyFacts], dict[str, InboxFacts]]:
+    """The stored keys and inboxes among those asked for: one query for each kind."""
+    found_keys: dict[str, KeyFacts] = {}
+    found_inboxes: dict[str, InboxFacts] = {}
+    if digests:
+        rows = ApiKey.objects.filter(digest__in=digests).values_list(
+            "digest", "id", "organization_id", "revoked_at", "expires_at", "scopes"
+        )
+        for digest, key_id, org_id, revoked_at, expires_at, scopes in rows:
+            found_keys[digest] = KeyFacts(key_id, org_id, revoked_at is not None, expires_at, tuple(scopes or ()))
+    if inbox_ids:
+        rows = Inbox.objects.filter(inbox_id__in=inbox_ids).values_list("id", "inbox_id", "organization_id", "status", "email")
+        found_inboxes = {row[1]: InboxFacts(*row) for row in rows}
+    return found_keys, found_inboxes
 
 
 def well_formed(username: str, password: str) -> bool:
@@ -134,19 +125,21 @@ class Peer:
     tls: TlsInfo | None = None
 
 
-def recent_failures(addresses: set[str], since: datetime) -> dict[str, int]:
-    """Failed credential checks per address since ``since``: one query for a whole
-    batch, on the partial index of counted failures. Counted in the database, so
-    every gateway process sharing it sees the same numbers.
+def recent_failures(addresses: set[str], since: datetime) -> dict[str, set[tuple[str, datetime]]]:
+    """Failed credential checks per address since ``since``, each as (session id,
+    time): one query for a whole batch, on the partial index of counted failures.
+    Counted in the database, so every gateway process sharing it sees the same
+    numbers; returned by identity so that the checker can add this process's
+    failures not yet committed without counting one twice.
 
     The rows read stay few however hard an address attacks: refusals
     (RATE_LIMITED) are not counted failures, so once locked out an address adds
     nothing to the index (lockout ends one window after its last real guess), and
-    the batch stops checking credentials for it at the limit."""
-    rows = (
-        AuthAttempt.objects.filter(credential_failure=True, created_at__gte=since, remote_addr__in=addresses)
-        .order_by()
-        .values_list("remote_addr")
-        .annotate(failures=Count("id"))
+    the checker stops checking credentials for it at the limit."""
+    rows = AuthAttempt.objects.filter(credential_failure=True, created_at__gte=since, remote_addr__in=addresses).values_list(
+        "remote_addr", "session_id", "created_at"
     )
-    return dict(rows)
+    failures: dict[str, set[tuple[str, datetime]]] = {}
+    for address, session_id, created_at in rows.order_by():
+        failures.setdefault(address, set()).add((session_id, created_at))
+    return failures

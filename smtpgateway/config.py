@@ -30,6 +30,8 @@ class GatewayConfig:
     auth_max_failures: int = 3
     auth_failure_delay: float = 1.0
     auth_rate_limit: RateLimit | None = None
+    # Seconds a key's or inbox's state may be served from memory (0 to 1).
+    auth_cache_seconds: float = 1.0
     throttle_exempt: tuple[Network, ...] = ()
     max_connections: int = 1000
     max_connections_per_ip: int = 20
@@ -65,6 +67,7 @@ class GatewayConfig:
             auth_max_failures=settings.SMTP_AUTH_MAX_FAILURES,
             auth_failure_delay=settings.SMTP_AUTH_FAILURE_DELAY,
             auth_rate_limit=RateLimit.parse(settings.SMTP_AUTH_RATE_LIMIT),
+            auth_cache_seconds=settings.SMTP_AUTH_CACHE_SECONDS,
             throttle_exempt=parse_networks(settings.SMTP_THROTTLE_EXEMPT),
             max_connections=settings.SMTP_MAX_CONNECTIONS,
             max_connections_per_ip=settings.SMTP_MAX_CONNECTIONS_PER_IP,

@@ -31,12 +31,15 @@ from typing import TYPE_CHECKING
 
 from aiosmtpd.proxy_protocol import get_proxy
 from aiosmtpd.smtp import SMTP, Session, TLSSetupException, syntax
+from django.utils import timezone
 
 from smtpgateway import replies
 from smtpgateway.auth import Outcome, Peer
-from smtpgateway.commits import AuthJob, RecordJob
+from smtpgateway.checks import AuthJob
+from smtpgateway.commits import RecordsJob
 from smtpgateway.limits import is_exempt
 from smtpgateway.reasons import Reason
+from smtpgateway.recorder import AttemptRecord
 from smtpgateway.tls import TlsInfo
 
 if TYPE_CHECKING:
@@ -461,14 +464,14 @@ class GatewaySMTP(SMTP):
                 credentials = await self._read_login(initial)
         except (asyncio.CancelledError, ConnectionError, _ClientGone):
             # The client left mid-exchange: still an attempt that reached us.
-            self.event_handler.db.submit(RecordJob(self.peer(), mechanism, b"", Reason.ABORTED))
+            self._record_unchecked(mechanism, b"", Reason.ABORTED)
             raise
         if isinstance(credentials, _Rejected):
             await self._reject(mechanism, credentials, started)
             return
         username, password = credentials
         rate_limit = self.config.auth_rate_limit if session.throttled else None
-        outcome: Outcome = await self.event_handler.db.commit(AuthJob(self.peer(), mechanism, username, password, rate_limit))
+        outcome: Outcome = await self.event_handler.db.check(AuthJob(self.peer(), mechanism, username, password, rate_limit))
         reply = replies.auth_reply(outcome.reason)
         if not outcome.success:
             await self._answer_failure(outcome.reason, reply, started)
@@ -482,8 +485,13 @@ class GatewaySMTP(SMTP):
         await self.push(reply)
 
     async def _reject(self, mechanism: str, rejected: _Rejected, started: float) -> None:
-        await self.event_handler.db.commit(RecordJob(self.peer(), mechanism, rejected.username, rejected.reason))
+        self._record_unchecked(mechanism, rejected.username, rejected.reason)
         await self._answer_failure(rejected.reason, rejected.reply, started)
+
+    def _record_unchecked(self, mechanism: str, username: bytes, reason: Reason) -> None:
+        """Record an attempt that never reached the checks (committed shortly)."""
+        record = AttemptRecord.build(peer=self.peer(), when=timezone.now(), mechanism=mechanism, username=username, reason=reason)
+        self.event_handler.db.submit(RecordsJob((record,)))
 
     async def _answer_failure(self, reason: Reason, reply: str, started: float) -> None:
         """Log, then answer a failed AUTH no sooner than ``auth_failure_delay`` after

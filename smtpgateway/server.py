@@ -128,7 +128,7 @@ class GatewayServer:
             # The PROXY header comes before the TLS handshake, which the implicit-TLS
             # listener does first; terminate TLS at the balancer, or use STARTTLS.
             raise ValueError("The PROXY protocol works on the STARTTLS port only; turn off the implicit-TLS port.")
-        self.db = DatabaseWorker(config.db_workers)
+        self.db = DatabaseWorker(config.db_workers, config.auth_cache_seconds)
         self.handler = GatewayHandler(config, self.db)
         self._listeners: list[asyncio.base_events.Server] = []
         self._flush_task: asyncio.Task[None] | None = None

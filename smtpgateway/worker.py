@@ -1,13 +1,20 @@
 """Running the gateway's database work off the event loop, in batches.
 
 Django's ORM is synchronous. Each SMTP event that needs the database puts a job
-(``smtpgateway.commits``) on a queue and awaits its future; committer threads take
-every job waiting, up to ``MAX_BATCH``, run them as one batch (one transaction),
-and resolve the futures on the event loop. The loop never waits on the database;
-under load, batches grow and many sessions share each commit.
+on a queue and awaits its future; threads take every job waiting, up to
+``MAX_BATCH``, run them as one batch, and resolve the futures on the event loop.
+The loop never waits on the database; under load, batches grow and many
+sessions share each query and each commit.
 
-``SMTP_DB_WORKERS`` committer threads share the queue, each with its own database
-connection: one suits SQLite (a single writer); PostgreSQL can use more.
+* One checker thread decides AUTH attempts (``smtpgateway.checks``: reads only)
+  and answers them at once; it hands their records to the committers.
+* ``SMTP_DB_WORKERS`` committer threads (``smtpgateway.commits``) write records
+  and messages, each thread with its own database connection: one suits SQLite
+  (a single writer); PostgreSQL can use more. A message is answered after its
+  commit.
+
+Reads and writes on separate connections: an AUTH reply never waits behind a
+commit, an fsync or a WAL checkpoint.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ from typing import Any, Callable
 
 from django.db import close_old_connections, connections, reset_queries
 
-from smtpgateway.commits import Job, StoreJob, process
+from smtpgateway.auth import Outcome
+from smtpgateway.checks import AuthJob, Checker, PendingFailures
+from smtpgateway.commits import Job, RecordsJob, StoreJob, process
 
 log = logging.getLogger(__name__)
 
@@ -44,79 +53,132 @@ def _load_trim() -> Callable[[], None]:
 _trim_heap = _load_trim()
 
 
+Pending = tuple[Any, asyncio.AbstractEventLoop | None, asyncio.Future[Any] | None]
+
+
 class DatabaseWorker:
-    def __init__(self, threads: int) -> None:
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._run, name=f"smtp-commit-{n}", daemon=True) for n in range(max(1, threads))
+    def __init__(self, committers: int, auth_cache_seconds: float) -> None:
+        self.pending_failures = PendingFailures()
+        self._checker = Checker(auth_cache_seconds, self.pending_failures)
+        self._checks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._commits: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._unfinished = 0  # jobs put and not yet done, for settled()
+        self._settled = threading.Condition()
+        self._check_threads = [threading.Thread(target=self._serve, args=(self._checks, self._check_batch), name="smtp-check", daemon=True)]
+        self._commit_threads = [
+            threading.Thread(target=self._serve, args=(self._commits, self._commit_batch), name=f"smtp-commit-{n}", daemon=True)
+            for n in range(max(1, committers))
         ]
-        for thread in self._threads:
+        for thread in self._check_threads + self._commit_threads:
             thread.start()
+
+    async def check(self, job: AuthJob) -> Outcome:
+        """Decide an AUTH attempt; its record is committed right after."""
+        return await self._await(self._checks, job)
 
     async def commit(self, job: Job) -> Any:
         """Run ``job`` in the next batch; return its result once committed.
         A failed store raises DatabaseError."""
+        return await self._await(self._commits, job)
+
+    def submit(self, job: Job) -> None:
+        """Run ``job`` without waiting for it."""
+        self._put(self._commits, (job, None, None))
+
+    def settled(self, timeout: float) -> bool:
+        """Wait until every job put so far is done (committed or failed): for
+        tests and shutdown. False if that took longer than ``timeout``."""
+        with self._settled:
+            return self._settled.wait_for(lambda: self._unfinished == 0, timeout)
+
+    def shutdown(self) -> None:
+        """Finish every queued job, then stop the threads (each closes its own
+        database connection). Checks first: they hand records to the committers."""
+        for threads, jobs in ((self._check_threads, self._checks), (self._commit_threads, self._commits)):
+            for _ in threads:
+                jobs.put(_STOP)
+            for thread in threads:
+                thread.join()
+
+    async def _await(self, jobs: queue.SimpleQueue[Any], job: Any) -> Any:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put((job, loop, future))
+        self._put(jobs, (job, loop, future))
         result = await future
         if isinstance(result, Exception):
             raise result
         return result
 
-    def submit(self, job: Job) -> None:
-        """Run ``job`` without waiting for it (records written on behalf of a
-        session that is already gone)."""
-        self._queue.put((job, None, None))
+    def _put(self, jobs: queue.SimpleQueue[Any], item: Pending) -> None:
+        with self._settled:
+            self._unfinished += 1
+        jobs.put(item)
 
-    def shutdown(self) -> None:
-        """Finish every queued job, then stop the threads (each closes its own
-        database connection)."""
-        for _ in self._threads:
-            self._queue.put(_STOP)
-        for thread in self._threads:
-            thread.join()
+    def _done(self, count: int) -> None:
+        with self._settled:
+            self._unfinished -= count
+            if self._unfinished == 0:
+                self._settled.notify_all()
 
-    def _run(self) -> None:
+    def _serve(self, jobs: queue.SimpleQueue[Any], run_batch: Callable[[list[Pending]], None]) -> None:
         try:
             while True:
-                first = self._queue.get()
+                first = jobs.get()
                 if first is _STOP:
                     return
                 batch = [first]
                 stop_after = False
                 while len(batch) < MAX_BATCH:
                     try:
-                        item = self._queue.get_nowait()
+                        item = jobs.get_nowait()
                     except queue.Empty:
                         break
                     if item is _STOP:
                         stop_after = True
                         break
                     batch.append(item)
-                self._run_batch(batch)
+                # What Django does at the start of each web request: drop a connection
+                # that broke (the database restarted, say) or outlived CONN_MAX_AGE, so
+                # this batch reconnects; and under DEBUG forget the previous batch's
+                # queries (Django keeps up to 9,000 per connection, megabytes in a
+                # long-lived thread).
+                reset_queries()
+                close_old_connections()
+                try:
+                    run_batch(batch)
+                finally:
+                    self._done(len(batch))
                 if stop_after:
                     return
         finally:
             connections.close_all()
 
-    def _run_batch(self, batch: list[tuple[Job, asyncio.AbstractEventLoop | None, asyncio.Future[Any] | None]]) -> None:
-        # What Django does at the start of each web request: drop a connection that
-        # broke (the database restarted, say) or outlived CONN_MAX_AGE, so this batch
-        # reconnects; and under DEBUG forget the previous batch's queries (Django
-        # keeps up to 9,000 per connection, megabytes in a long-lived thread).
-        reset_queries()
-        close_old_connections()
+    def _check_batch(self, batch: list[Pending]) -> None:
         try:
-            results = process([job for job, _, _ in batch])
+            checked = self._checker.check_batch([job for job, _, _ in batch])
+        except Exception as error:  # a bug: every waiting session gets a 4xx, none hangs
+            log.exception("A batch of %d AUTH checks failed", len(batch))
+            _answer(batch, [error] * len(batch))
+            return
+        # Queued before the answers: shutdown drains this queue after the checks.
+        self.submit(RecordsJob(tuple(checked.records)))
+        _answer(batch, checked.outcomes)
+
+    def _commit_batch(self, batch: list[Pending]) -> None:
+        try:
+            results = process([job for job, _, _ in batch], self.pending_failures)
         except Exception as error:  # a bug: every waiting session gets a 4xx, none hangs
             log.exception("A batch of %d database jobs failed", len(batch))
             results = [error] * len(batch)
-        for (_, loop, future), result in zip(batch, results):
-            if future is not None and loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(_resolve, future, result)
+        _answer(batch, results)
         if sum(len(job.submission.content) for job, _, _ in batch if isinstance(job, StoreJob)) > LARGE_BATCH_BYTES:
             _trim_heap()
+
+
+def _answer(batch: list[Pending], results: list[Any]) -> None:
+    for (_, loop, future), result in zip(batch, results):
+        if future is not None and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(_resolve, future, result)
 
 
 def _resolve(future: asyncio.Future[Any], result: Any) -> None:

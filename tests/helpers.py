@@ -7,6 +7,7 @@ import base64
 import smtplib
 import socket
 import threading
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -111,6 +112,11 @@ class LiveGateway:
             self._thread.join(30)
         self.loop.close()
 
+    def settle(self) -> None:
+        """Wait until the gateway has committed everything it was given: AUTH
+        replies come before their AuthAttempt rows are committed."""
+        assert self.server.db.settled(10), "the gateway's database work did not finish"
+
     @property
     def port(self) -> int:
         return self.server.port
@@ -201,6 +207,15 @@ def database_url() -> str:
 
     auth = quote(db["USER"] or "") + (":" + quote(db["PASSWORD"]) if db["PASSWORD"] else "")
     return f"postgres://{auth}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def eventually(condition: Any, timeout: float = 10.0) -> None:
+    """Wait for ``condition()`` to hold: for a gateway in another process, whose
+    AuthAttempt rows are committed milliseconds after its replies."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        time.sleep(0.02)
 
 
 def free_port() -> int:

@@ -21,6 +21,7 @@ def test_plain_without_initial_response_gets_empty_challenge(gateway: LiveGatewa
     wire = ehlo(gateway)
     assert wire.command("AUTH PLAIN") == "334 "
     assert wire.command(b64(f"\0{VALID_INBOX}\0{VALID_KEY}")) == "235 2.7.0 Authentication successful"
+    gateway.settle()
     assert AuthAttempt.objects.get().reason == "OK"
 
 
@@ -29,6 +30,7 @@ def test_login_without_initial_response(gateway: LiveGateway) -> None:
     assert wire.command("AUTH LOGIN") == "334 " + b64("Username:")
     assert wire.command(b64(VALID_INBOX)) == "334 " + b64("Password:")
     assert wire.command(b64(VALID_KEY)) == "235 2.7.0 Authentication successful"
+    gateway.settle()
     attempt = AuthAttempt.objects.get()
     assert (attempt.mechanism, attempt.reason, attempt.username) == ("LOGIN", "OK", VALID_INBOX)
 
@@ -53,6 +55,7 @@ def test_malformed_payload_is_recorded(gateway: LiveGateway, exchange: list[str]
     for line in exchange[:-1]:
         assert wire.command(line).startswith("334 ")
     assert wire.command(exchange[-1]) == reply
+    gateway.settle()
     attempt = AuthAttempt.objects.get()
     assert (attempt.success, attempt.reason) == (False, "MALFORMED")
     # The session goes on: a correct AUTH now works.
@@ -64,6 +67,7 @@ def test_client_abort_is_recorded(gateway: LiveGateway, mechanism: str) -> None:
     wire = ehlo(gateway)
     assert wire.command(f"AUTH {mechanism}").startswith("334")
     assert wire.command("*") == "501 5.7.0 Auth aborted"
+    gateway.settle()
     attempt = AuthAttempt.objects.get()
     assert (attempt.success, attempt.reason, attempt.mechanism) == (False, "ABORTED", mechanism)
     assert wire.command("NOOP") == "250 2.0.0 OK"
@@ -73,12 +77,14 @@ def test_login_abort_at_password_keeps_username(gateway: LiveGateway) -> None:
     wire = ehlo(gateway)
     wire.command("AUTH LOGIN " + b64(VALID_INBOX))
     assert wire.command("*") == "501 5.7.0 Auth aborted"
+    gateway.settle()
     assert AuthAttempt.objects.get().username == VALID_INBOX
 
 
 def test_unsupported_mechanism(gateway: LiveGateway) -> None:
     wire = ehlo(gateway)
     assert wire.command("AUTH CRAM-MD5") == "504 5.5.4 Unrecognized authentication type"
+    gateway.settle()
     attempt = AuthAttempt.objects.get()
     assert (attempt.reason, attempt.mechanism) == ("UNSUPPORTED_MECHANISM", "CRAM-MD5")
 
@@ -104,6 +110,7 @@ def test_auth_needs_ehlo(gateway: LiveGateway) -> None:
     assert wire.command("AUTH PLAIN " + b64(f"\0{VALID_INBOX}\0{VALID_KEY}")) == "503 5.5.1 Error: send EHLO first"
     assert wire.command("HELO old.example").startswith("250 ")
     assert wire.command("AUTH PLAIN " + b64(f"\0{VALID_INBOX}\0{VALID_KEY}")) == "503 5.5.1 Error: send EHLO first"
+    gateway.settle()
     assert not AuthAttempt.objects.exists()
 
 
@@ -113,6 +120,7 @@ def test_hostile_username_bytes_are_stored_safely(gateway: LiveGateway) -> None:
     hostile = b"inb_\x00\xff\xfe\r\x1b[31mred" + b"x" * 300
     wire.command("AUTH LOGIN " + b64(hostile))
     assert wire.command(b64(VALID_KEY)) == "535 5.7.8 Authentication credentials invalid"
+    gateway.settle()
     attempt = AuthAttempt.objects.get()
     assert attempt.reason == "INVALID_INBOX_FORMAT"
     assert attempt.username.startswith("inb_\\x00\\xff\\xfe\\x0d\\x1b[31mred")
@@ -123,6 +131,7 @@ def test_hostile_username_bytes_are_stored_safely(gateway: LiveGateway) -> None:
 def test_key_pasted_as_username_is_withheld(gateway: LiveGateway) -> None:
     wire = ehlo(gateway)
     assert wire.command("AUTH PLAIN " + b64(f"\0{VALID_KEY}\0{VALID_KEY}")) == "535 5.7.8 Authentication credentials invalid"
+    gateway.settle()
     attempt = AuthAttempt.objects.get()
     assert attempt.reason == "INVALID_INBOX_FORMAT"
     assert attempt.username == "am_validke… (withheld: looks like an API key)"
@@ -132,6 +141,7 @@ def test_overlong_auth_response_line(gateway: LiveGateway) -> None:
     wire = ehlo(gateway)
     wire.command("AUTH PLAIN")
     assert wire.command("A" * 5000) == "500 5.5.2 Line too long"
+    gateway.settle()
     assert AuthAttempt.objects.get().reason == "MALFORMED"
     assert wire.command("NOOP") == "250 2.0.0 OK"
 
@@ -145,6 +155,7 @@ def test_client_vanishing_mid_auth_is_recorded(gateway: LiveGateway) -> None:
         if AuthAttempt.objects.exists():
             break
         time.sleep(0.02)
+    gateway.settle()
     assert AuthAttempt.objects.get().reason == "ABORTED"
     # And the gateway still serves everyone else.
     assert ehlo(gateway).command("NOOP") == "250 2.0.0 OK"

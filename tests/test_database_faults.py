@@ -42,30 +42,32 @@ def test_event_loop_keeps_serving_while_the_database_is_locked(gateway: LiveGate
     total = time.monotonic() - started
     holder.join()
 
-    assert probe_seconds < 0.5, f"a NOOP took {probe_seconds:.2f}s while AUTHs waited on the database"
+    assert probe_seconds < 0.5, f"a NOOP took {probe_seconds:.2f}s while the database was locked"
     assert [reply for reply, _ in results] == ["235 2.7.0 Authentication successful"] * sessions
-    # All waited on the same lock: about one lock period in all, not one each.
+    # AUTH only reads, which the write lock does not block: answered during the lock.
+    assert max(seconds for _, seconds in results) < LOCK_SECONDS, results
     assert total < LOCK_SECONDS + 2.0, f"{sessions} sessions took {total:.2f}s"
+    # Their records waited for the lock, and were written once it went.
+    gateway.settle()
     assert AuthAttempt.objects.filter(reason="OK").count() == sessions
 
 
-def test_lock_beyond_the_timeout_answers_454_and_keeps_the_record(
+def test_records_outlast_a_write_lock_beyond_the_timeout(
     gateway_factory: Any, scenarios: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     shorten_lock_timeout(monkeypatch, 0.5)
     gateway = gateway_factory()
     with write_lock():
-        reply, _ = timed_auth(gateway)
-        assert reply == "454 4.7.0 Temporary authentication failure"
+        reply, seconds = timed_auth(gateway)
+        assert reply == "235 2.7.0 Authentication successful" and seconds < 0.5  # the check only reads
+        gateway.settle()  # the committer waited 0.5 s for the lock, then kept the record
         assert len(recorder) == 1
-        assert not AuthAttempt.objects.exists()  # reads still work under the write lock
-    # The database is back: the next attempt writes the kept record first.
+        assert not AuthAttempt.objects.exists()
+    # The database is back: the next batch writes the kept record first.
     reply, _ = timed_auth(gateway)
     assert reply == "235 2.7.0 Authentication successful"
-    assert list(AuthAttempt.objects.order_by("created_at").values_list("reason", "success")) == [
-        ("TEMPORARY_FAILURE", False),
-        ("OK", True),
-    ]
+    gateway.settle()
+    assert list(AuthAttempt.objects.order_by("created_at").values_list("reason", "success")) == [("OK", True), ("OK", True)]
     assert len(recorder) == 0
 
 
@@ -115,6 +117,7 @@ def test_postgresql_outage_and_recovery(gateway_factory: Any, scenarios: None) -
         # ...and the same session, and new ones, work again.
         assert client.sendmail(VALID_EMAIL, ["a@example.com"], message) == {}
     assert timed_auth(gateway)[0] == "235 2.7.0 Authentication successful"
+    gateway.settle()
     assert Message.objects.get().subject == "across an outage"
     assert list(AuthAttempt.objects.order_by("created_at").values_list("reason", flat=True)) == [
         "OK", "TEMPORARY_FAILURE", "OK",

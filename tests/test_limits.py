@@ -40,6 +40,7 @@ def test_third_failure_in_a_session_closes_it(gateway: LiveGateway) -> None:
     assert wire.command("AUTH PLAIN " + b64("garbage")) == "501 5.5.2 Can't split auth value"
     assert wire.command(BAD) == "421 4.7.0 Too many authentication failures"
     assert wire.closed_by_server()
+    gateway.settle()
     assert list(AuthAttempt.objects.order_by("created_at").values_list("reason", flat=True)) == [
         "API_KEY_NOT_FOUND",
         "MALFORMED",
@@ -79,9 +80,11 @@ def test_rate_limit_per_address_across_sessions(gateway_factory: Any, scenarios:
         assert ehlo(gateway.wire()).command(BAD) == "535 5.7.8 Authentication credentials invalid"
     # Now even the right credentials are not checked from this address...
     assert ehlo(gateway.wire()).command(GOOD) == "454 4.7.0 Temporary authentication failure"
+    gateway.settle()
     assert AuthAttempt.objects.filter(reason="RATE_LIMITED", success=False).count() == 1
     # ...while another address (here 127.0.0.2) is unaffected: no lockout of the inbox.
     assert ehlo(wire_from(gateway, "127.0.0.2")).command(GOOD) == "235 2.7.0 Authentication successful"
+    gateway.settle()
     attempt = AuthAttempt.objects.get(success=True)
     assert attempt.remote_addr == "127.0.0.2"
 
@@ -101,6 +104,7 @@ def test_rate_limit_is_shared_by_gateways_on_one_database(gateway_factory: Any, 
     first, second = gateway_factory(auth_rate_limit=limit), gateway_factory(auth_rate_limit=limit)
     for gateway in (first, second, first, second):
         assert ehlo(gateway.wire()).command(BAD).startswith("535 ")
+        gateway.settle()  # shared once committed: milliseconds after the reply
     assert ehlo(second.wire()).command(GOOD).startswith("454 ")
     assert ehlo(first.wire()).command(GOOD).startswith("454 ")
 

@@ -46,6 +46,7 @@ def test_concurrent_sessions_all_answered_and_recorded(gateway_factory: Any, sce
     wrong = [(number, reply) for number, reply in results if reply != expected[number]]
     assert not wrong, f"{len(wrong)} wrong replies, e.g. {wrong[:3]}"
     print(f"\n{sessions} concurrent sessions answered in {seconds:.2f}s")
+    gateway.settle()
     assert AuthAttempt.objects.count() == sessions
     by_reason = Counter(AuthAttempt.objects.values_list("reason", flat=True))
     planned = Counter(next(s.reason for s in SCENARIOS if s.number == number) for number, _ in results)

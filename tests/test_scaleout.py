@@ -44,6 +44,7 @@ def test_proxy_header_gives_the_real_client_address(gateway_factory: Any, scenar
     assert wire.greeting[0].startswith("220 ")
     wire.command("EHLO client.example")
     assert wire.command(GOOD).startswith("235 ")
+    gateway.settle()
     attempt = AuthAttempt.objects.get()
     assert (attempt.remote_addr, attempt.remote_port) == ("203.0.113.7", 40123)
 

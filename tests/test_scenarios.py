@@ -17,6 +17,7 @@ def test_scenario(gateway: LiveGateway, scenario: Scenario, mechanism: str) -> N
         code, reply = auth(client, mechanism, scenario.username, scenario.password)
 
     assert reply == scenario.reply
+    gateway.settle()
     attempt = AuthAttempt.objects.get()
     assert attempt.success is (scenario.reason == "OK")
     assert attempt.reason == scenario.reason
@@ -33,6 +34,7 @@ def test_resolved_rows_are_linked(gateway: LiveGateway) -> None:
     wrong_org = SCENARIOS[4]
     with gateway.smtp() as client:
         auth(client, "PLAIN", wrong_org.username, wrong_org.password)
+    gateway.settle()
     attempt = AuthAttempt.objects.select_related("inbox", "api_key", "organization").get()
     assert attempt.inbox.inbox_id == wrong_org.username
     assert attempt.api_key.prefix == wrong_org.password[:10]
@@ -44,6 +46,7 @@ def test_success_updates_last_used_at(gateway: LiveGateway) -> None:
     assert key.last_used_at is None
     with gateway.smtp() as client:
         auth(client, "PLAIN", "inb_valid1234567890", VALID_KEY)
+    gateway.settle()
     key.refresh_from_db()
     attempt = AuthAttempt.objects.get()
     assert key.last_used_at == attempt.created_at
@@ -53,6 +56,7 @@ def test_suspended_inbox_is_refused(gateway: LiveGateway) -> None:
     with gateway.smtp() as client:
         _, reply = auth(client, "PLAIN", "inb_suspended78901234", VALID_KEY)
     assert reply == "535 5.7.8 Authentication credentials invalid"
+    gateway.settle()
     assert AuthAttempt.objects.get().reason == "INBOX_SUSPENDED"
 
 
@@ -69,4 +73,5 @@ def test_inbox_status_change_takes_effect_at_next_auth(gateway: LiveGateway) -> 
     with gateway.smtp() as client:
         _, reply = auth(client, "PLAIN", "inb_valid1234567890", VALID_KEY)
     assert reply == "535 5.7.8 Authentication credentials invalid"
+    gateway.settle()
     assert AuthAttempt.objects.get().reason == "INBOX_DISABLED"

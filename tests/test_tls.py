@@ -65,6 +65,7 @@ def test_plaintext_offers_starttls_and_not_auth(tls_gateway: LiveGateway) -> Non
         # A client that tries anyway is refused, and the attempt is recorded.
         code, reply = auth(client, "PLAIN", VALID_INBOX, VALID_KEY)
     assert reply == "538 5.7.11 Encryption required for requested authentication mechanism"
+    tls_gateway.settle()
     attempt = AuthAttempt.objects.get()
     assert (attempt.reason, attempt.success, attempt.encrypted) == ("ENCRYPTION_REQUIRED", False, False)
 
@@ -74,8 +75,10 @@ def test_starttls_then_login(tls_gateway: LiveGateway, client_context: ssl.SSLCo
         assert client.has_extn("auth") and not client.has_extn("starttls")
         assert client.login(VALID_INBOX, VALID_KEY) == (235, b"2.7.0 Authentication successful")
         client.sendmail(VALID_EMAIL, ["a@example.com"], b"Subject: over TLS\r\n\r\nhi\r\n")
+    tls_gateway.settle()
     attempt = AuthAttempt.objects.get()
     assert attempt.encrypted and attempt.tls_version == "TLSv1.3" and attempt.tls_cipher.startswith("TLS_")
+    tls_gateway.settle()
     raw = bytes(Message.objects.get().raw)
     assert b" with ESMTPSA id " in raw
     assert f"(using TLSv1.3 with cipher {attempt.tls_cipher} (".encode() in raw
@@ -87,6 +90,7 @@ def test_starttls_failed_login_is_recorded(tls_gateway: LiveGateway, client_cont
             client.login(VALID_INBOX, "am_wrongorg45678901234567890123456789")
     assert refused.value.smtp_code == 535
     # smtplib's login() tries PLAIN, then LOGIN: two attempts, both recorded.
+    tls_gateway.settle()
     attempts = AuthAttempt.objects.order_by("created_at").values_list("mechanism", "reason", "encrypted")
     assert list(attempts) == [("PLAIN", "ORGANIZATION_MISMATCH", True), ("LOGIN", "ORGANIZATION_MISMATCH", True)]
 
@@ -96,6 +100,7 @@ def test_session_id_survives_starttls(tls_gateway: LiveGateway, client_context: 
         client.login(VALID_INBOX, VALID_KEY)
     with tls_gateway.smtp() as client:
         auth(client, "PLAIN", VALID_INBOX, VALID_KEY)  # 538 on plaintext
+    tls_gateway.settle()
     ids = list(AuthAttempt.objects.values_list("session_id", flat=True))
     assert len(set(ids)) == 2 and all(len(i) == 12 for i in ids)
 
@@ -105,6 +110,7 @@ def test_implicit_tls_offers_auth(tls_gateway: LiveGateway, client_context: ssl.
     with implicit_client(tls_gateway, client_context) as client:
         assert client.has_extn("auth") and not client.has_extn("starttls")
         assert client.login(VALID_INBOX, VALID_KEY)[0] == 235
+    tls_gateway.settle()
     assert AuthAttempt.objects.get().encrypted
 
 
@@ -118,6 +124,7 @@ def test_ten_scenarios_over_tls(
     with connect(tls_gateway, client_context) as client:
         _, reply = auth(client, mechanism, scenario.username, scenario.password)
     assert reply == scenario.reply
+    tls_gateway.settle()
     attempt = AuthAttempt.objects.get()
     assert (attempt.reason, attempt.encrypted) == (scenario.reason, True)
 
@@ -190,6 +197,7 @@ def test_admin_filters_on_encryption(tls_gateway: LiveGateway, client_context: s
         client.login(VALID_INBOX, VALID_KEY)
     with tls_gateway.smtp() as client:
         auth(client, "PLAIN", VALID_INBOX, VALID_KEY)
+    tls_gateway.settle()
     page = admin_client.get("/admin/smtpgateway/authattempt/", {"encrypted__exact": "1"})
     assert [a.reason for a in page.context["cl"].result_list] == ["OK"]
 

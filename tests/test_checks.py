@@ -1,0 +1,95 @@
+"""The AUTH checker's two promises, against the real database and a real gateway:
+a revoked key or disabled inbox is refused within SMTP_AUTH_CACHE_SECONDS, and
+the rate limit counts failures not yet committed exactly once."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any, Callable
+
+import pytest
+from django.utils import timezone
+
+from apikeys.models import ApiKey
+from inboxes.models import Inbox
+from smtpgateway.auth import Peer
+from smtpgateway.checks import MAX_CACHE_SECONDS, AuthJob, Checker, FactsCache, PendingFailures
+from smtpgateway.limits import RateLimit
+from smtpgateway.models import AuthAttempt
+from smtpgateway.reasons import Reason
+from tests.helpers import UNKNOWN_KEY, VALID_INBOX, VALID_KEY, LiveGateway, b64
+
+GOOD = "AUTH PLAIN " + b64(f"\0{VALID_INBOX}\0{VALID_KEY}")
+OK = "235 2.7.0 Authentication successful"
+REFUSED = "535 5.7.8 Authentication credentials invalid"
+
+
+def auth_reply(gateway: LiveGateway) -> str:
+    wire = gateway.wire()
+    assert wire.command("EHLO tester.example").startswith("250 ")
+    return wire.command(GOOD)
+
+
+def revoke_key() -> None:
+    ApiKey.objects.filter(prefix=VALID_KEY[:10]).update(revoked_at=timezone.now())
+
+
+def disable_inbox() -> None:
+    Inbox.objects.filter(inbox_id=VALID_INBOX).update(status=Inbox.Status.DISABLED)
+
+
+@pytest.mark.parametrize("change", [revoke_key, disable_inbox], ids=["key revoked", "inbox disabled"])
+def test_change_is_refused_within_the_cache_bound(gateway_factory: Any, scenarios: None, change: Callable[[], None]) -> None:
+    gateway = gateway_factory(auth_cache_seconds=1.0)
+    assert auth_reply(gateway) == OK  # the key and inbox are now cached
+    fetched = time.monotonic()
+    change()
+    changed = time.monotonic()
+    if changed - fetched < 0.5:
+        # Served from memory: the change is not seen yet (this is the cache at work).
+        assert auth_reply(gateway) == OK
+    time.sleep(max(0.0, changed + MAX_CACHE_SECONDS - time.monotonic()))
+    assert auth_reply(gateway) == REFUSED  # one second after the change, never later
+
+
+@pytest.mark.parametrize("change", [revoke_key, disable_inbox], ids=["key revoked", "inbox disabled"])
+def test_without_the_cache_a_change_is_refused_at_once(gateway_factory: Any, scenarios: None, change: Callable[[], None]) -> None:
+    gateway = gateway_factory(auth_cache_seconds=0)
+    assert auth_reply(gateway) == OK
+    change()
+    assert auth_reply(gateway) == REFUSED
+
+
+def test_cache_bound_cannot_be_raised_past_one_second() -> None:
+    with pytest.raises(ValueError, match="SMTP_AUTH_CACHE_SECONDS must be between 0 and 1"):
+        FactsCache(1.5)
+
+
+def test_cache_holds_a_bounded_number_of_entries() -> None:
+    cache: FactsCache[str, int] = FactsCache(1.0, max_entries=3)
+    for number in range(10):
+        cache.store(f"guess{number}", None, fetched_at=100.0)
+    assert len(cache) == 3
+    assert cache.fresh("guess9", 100.5) == (True, None)
+    assert cache.fresh("guess0", 100.5) == (False, None)
+    assert cache.fresh("guess9", 101.0) == (False, None)  # read again at the bound
+
+
+def failed_job(session_id: str) -> AuthJob:
+    return AuthJob(Peer(session_id, "192.0.2.7", 40000), "PLAIN", VALID_INBOX.encode(), UNKNOWN_KEY.encode(), RateLimit(2, timedelta(minutes=10)))
+
+
+def test_a_failure_committed_while_still_pending_counts_once(scenarios: None) -> None:
+    """The committer writes a row before it forgets it as pending: in between, the
+    checker sees it both in the database and in memory, and must count it once."""
+    checker = Checker(cache_seconds=0, pending=PendingFailures())
+    first = checker.check_batch([failed_job("s1")])
+    assert first.outcomes[0].reason is Reason.API_KEY_NOT_FOUND
+    assert len(checker.pending) == 1
+    AuthAttempt.objects.bulk_create([record.to_row() for record in first.records])  # committed, not yet forgotten
+    # One counted failure so far (limit 2): the next is still checked...
+    assert checker.check_batch([failed_job("s2")]).outcomes[0].reason is Reason.API_KEY_NOT_FOUND
+    # ...and now there are two (one committed, one pending): refused.
+    assert checker.check_batch([failed_job("s3")]).outcomes[0].reason is Reason.RATE_LIMITED
+    assert len(checker.pending) == 2  # RATE_LIMITED is not a counted failure
