@@ -35,6 +35,7 @@ from django.utils import timezone
 
 from smtpgateway import replies
 from smtpgateway.auth import Outcome, Peer
+from smtpgateway.body import BodyProblem, read_body
 from smtpgateway.checks import AuthJob
 from smtpgateway.commits import RecordsJob
 from smtpgateway.limits import is_exempt
@@ -415,9 +416,38 @@ class GatewaySMTP(SMTP):
         # time cannot hold the session beyond it.
         self._reset_timeout(self.config.data_timeout)
         try:
-            await super().smtp_DATA(arg)
+            await self._receive_message(arg)
         finally:
             self._reset_timeout()
+
+    async def _receive_message(self, arg: str | None) -> None:
+        """aiosmtpd's DATA, with the body read into one buffer (``smtpgateway.body``)."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push(replies.NEED_RCPT)
+            return
+        if arg:
+            await self.push(replies.DATA_SYNTAX)
+            return
+        await self.push(replies.START_MAIL_INPUT)
+        body = bytearray()
+        try:
+            problem = await read_body(self._reader, body, self.data_size_limit)
+        except asyncio.IncompleteReadError as eof:
+            raise _ClientGone from eof
+        if problem is not None:
+            del body
+            self._set_post_data_state()
+            await self.push(replies.LINE_TOO_LONG if problem is BodyProblem.LINE_TOO_LONG else replies.MESSAGE_TOO_LARGE)
+            return
+        # The buffer itself, not a bytes copy: handle_DATA only reads it.
+        self.envelope.content = self.envelope.original_content = body  # type: ignore[assignment]
+        del body
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push(status)
 
     async def check_auth_needed(self, caller_method: str) -> bool:
         if caller_method in ("MAIL", "RCPT", "DATA") and not self.gateway_session().authenticated:

@@ -1,0 +1,60 @@
+"""Reading a message body (the DATA phase) into one buffer.
+
+aiosmtpd keeps the body as a list of lines and joins them at the end, so a
+message is in memory twice at that moment. Here each line is appended, dot
+unstuffed (RFC 5321 section 4.5.2), to a single ``bytearray``; with glibc's mmap
+threshold fixed at start-up (``runsmtp``), a large buffer grows by ``mremap``
+without copying, and is unmapped when the message is gone. Together with the
+store writing the ``Received:`` header and the body without joining them
+(``smtpgateway.store``), a message costs about its own size once.
+
+As aiosmtpd does (RFC 5321 section 4.2.5 implies it), a body over the size
+limit or with an over-long line is read to its end, kept nowhere, and only then
+refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+
+END_OF_DATA = b".\r\n"
+
+
+class BodyProblem(enum.Enum):
+    LINE_TOO_LONG = "line too long"
+    TOO_LARGE = "too large"
+
+
+async def read_body(reader: asyncio.StreamReader, body: bytearray, max_size: int) -> BodyProblem | None:
+    """Read lines up to the lone dot into ``body``. ``max_size`` counts the bytes
+    as sent (0: no limit); the longest line is the reader's limit. On a problem,
+    ``body`` is emptied and the rest of the body read and dropped.
+
+    Raises ``asyncio.IncompleteReadError`` if the client leaves mid-body."""
+    problem: BodyProblem | None = None
+    received = 0
+    in_long_line = False  # the rest of an over-long line is still to come
+    while True:
+        try:
+            line = await reader.readuntil(b"\r\n")
+        except asyncio.LimitOverrunError as overrun:
+            # Over the line limit: drop what is buffered; the line's end comes later.
+            received += len(await reader.readexactly(overrun.consumed))
+            problem = problem or BodyProblem.LINE_TOO_LONG
+            del body[:]
+            in_long_line = True
+            continue
+        if in_long_line:
+            received += len(line)
+            in_long_line = False
+            continue
+        if line == END_OF_DATA:
+            return problem
+        received += len(line)
+        if problem is None and max_size and received > max_size:
+            problem = BodyProblem.TOO_LARGE
+            del body[:]
+        if problem is None:
+            # A leading dot was doubled by the client (dot stuffing); drop one.
+            body += memoryview(line)[1:] if line[:1] == b"." else line
