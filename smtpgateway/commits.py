@@ -26,10 +26,10 @@ from typing import Union
 from django.db import DatabaseError, IntegrityError, connections, transaction
 
 from apikeys.models import ApiKey
-from inboxes.models import Message
 from smtpgateway.checks import PendingFailures
 from smtpgateway.models import AuthAttempt
 from smtpgateway.recorder import AttemptRecord, recorder
+from smtpgateway.store import NewMessage, insert_messages
 from smtpgateway.submission import Submission, message_row
 
 log = logging.getLogger(__name__)
@@ -77,15 +77,15 @@ def process(jobs: list[Job], pending: PendingFailures) -> list[Result]:
 def _commit_batch(jobs: list[Job], pending: PendingFailures) -> list[Result]:
     results: list[Result] = []
     records: list[AttemptRecord] = []
-    messages: list[Message] = []
+    messages: list[NewMessage] = []
     for job in jobs:
         if isinstance(job, RecordsJob):
             records.extend(job.records)
             results.append(None)
         elif isinstance(job, StoreJob):
-            row = message_row(job.submission)
-            messages.append(row)
-            results.append(row.queue_id)
+            message = message_row(job.submission)
+            messages.append(message)
+            results.append(message.row.queue_id)
         else:
             results.append(None)
 
@@ -102,7 +102,7 @@ def _commit_batch(jobs: list[Job], pending: PendingFailures) -> list[Result]:
                     last_used_at=max(record.created_at for record in successes)
                 )
             if messages:
-                Message.objects.bulk_create(messages)
+                insert_messages(messages)
     except BaseException:
         recorder.restore(kept)
         raise

@@ -1,7 +1,8 @@
 """Accepting a message: the trace header, the parsed summary, the row to store.
 
-:func:`message_row` builds the row; ``smtpgateway.commits`` stores it in a
-transaction that has committed before the server answers ``250``.
+:func:`message_row` builds the row; ``smtpgateway.commits`` stores it (with
+``smtpgateway.store``) in a transaction that has committed before the server
+answers ``250``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from email.utils import format_datetime
 from django.utils import timezone
 
 from inboxes.models import Message
+from smtpgateway.store import NewMessage
 
 _HEADER_LIMIT = 998  # RFC 5322 line length; longer values are cut for display
 _header_parser = BytesHeaderParser(policy=default_policy)
@@ -32,7 +34,7 @@ class Submission:
     tls_note: str  # e.g. "(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384)", or ""
     mail_from: str
     rcpt_tos: tuple[str, ...]
-    content: bytes
+    content: bytes | bytearray  # the DATA buffer itself (smtpgateway.body), not a copy
 
 
 def new_queue_id() -> str:
@@ -73,11 +75,13 @@ def summarize(content: bytes) -> tuple[str, str]:
     return message_id[:_HEADER_LIMIT], subject[:_HEADER_LIMIT]
 
 
-def message_row(submission: Submission) -> Message:
-    """The Message to store for ``submission`` (not saved; its queue_id is new)."""
+def message_row(submission: Submission) -> NewMessage:
+    """The Message to store for ``submission`` (not saved; its queue_id is new).
+    ``raw`` is written by ``smtpgateway.store``, from the header and the body as
+    they are, so that a large body is not copied to be joined."""
     queue_id = new_queue_id()
     message_id, subject = summarize(submission.content)
-    return Message(
+    row = Message(
         queue_id=queue_id,
         inbox_id=submission.inbox_pk,
         envelope_from=submission.mail_from,
@@ -85,5 +89,5 @@ def message_row(submission: Submission) -> Message:
         size=len(submission.content),
         message_id=message_id,
         subject=subject,
-        raw=received_header(submission, queue_id) + submission.content,
     )
+    return NewMessage(row, received_header(submission, queue_id), submission.content)

@@ -123,31 +123,25 @@ class DatabaseWorker:
     def _serve(self, jobs: queue.SimpleQueue[Any], run_batch: Callable[[list[Pending]], None]) -> None:
         try:
             while True:
-                first = jobs.get()
-                if first is _STOP:
-                    return
-                batch = [first]
-                stop_after = False
-                while len(batch) < MAX_BATCH:
+                batch, stop_after = _take_batch(jobs)
+                if batch:
+                    large = _stored_bytes(batch) > LARGE_BATCH_BYTES
+                    # What Django does at the start of each web request: drop a
+                    # connection that broke (the database restarted, say) or outlived
+                    # CONN_MAX_AGE, so this batch reconnects; and under DEBUG forget the
+                    # previous batch's queries (Django keeps up to 9,000 per connection,
+                    # megabytes in a long-lived thread).
+                    reset_queries()
+                    close_old_connections()
                     try:
-                        item = jobs.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is _STOP:
-                        stop_after = True
-                        break
-                    batch.append(item)
-                # What Django does at the start of each web request: drop a connection
-                # that broke (the database restarted, say) or outlived CONN_MAX_AGE, so
-                # this batch reconnects; and under DEBUG forget the previous batch's
-                # queries (Django keeps up to 9,000 per connection, megabytes in a
-                # long-lived thread).
-                reset_queries()
-                close_old_connections()
-                try:
-                    run_batch(batch)
-                finally:
-                    self._done(len(batch))
+                        run_batch(batch)
+                    finally:
+                        self._done(len(batch))
+                    # Let go of the jobs (a large message, an AUTH's password) now, not
+                    # when the next batch replaces them; then give freed memory back.
+                    del batch
+                    if large:
+                        _trim_heap()
                 if stop_after:
                     return
         finally:
@@ -171,8 +165,28 @@ class DatabaseWorker:
             log.exception("A batch of %d database jobs failed", len(batch))
             results = [error] * len(batch)
         _answer(batch, results)
-        if sum(len(job.submission.content) for job, _, _ in batch if isinstance(job, StoreJob)) > LARGE_BATCH_BYTES:
-            _trim_heap()
+
+
+def _take_batch(jobs: queue.SimpleQueue[Any]) -> tuple[list[Pending], bool]:
+    """Every job waiting (at least one, at most MAX_BATCH), and whether a stop
+    request came after them."""
+    first = jobs.get()
+    if first is _STOP:
+        return [], True
+    batch = [first]
+    while len(batch) < MAX_BATCH:
+        try:
+            item = jobs.get_nowait()
+        except queue.Empty:
+            break
+        if item is _STOP:
+            return batch, True
+        batch.append(item)
+    return batch, False
+
+
+def _stored_bytes(batch: list[Pending]) -> int:
+    return sum(len(job.submission.content) for job, _, _ in batch if isinstance(job, StoreJob))
 
 
 def _answer(batch: list[Pending], results: list[Any]) -> None:
