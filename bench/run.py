@@ -326,7 +326,7 @@ def main() -> None:
     postgres_url = os.environ.get("BENCH_POSTGRES_URL", "postgres://agentmail:agentmail@127.0.0.1:5432/agentmail_bench")
     if fresh_postgres_database(postgres_url):
         prepare_database(postgres_url)
-        servers.append(("ours, PostgreSQL", [python, "manage.py", "runsmtp"], {**GATEWAY_ENV, "DATABASE_URL": postgres_url, "SMTP_DB_WORKERS": "2"}))
+        servers.append(("ours, PostgreSQL", [python, "manage.py", "runsmtp"], {**GATEWAY_ENV, "DATABASE_URL": postgres_url}))
 
     results: dict[str, dict] = {}
     memory: dict[str, dict] = {}

@@ -52,7 +52,7 @@ def insert_messages(messages: list[NewMessage]) -> None:
     """INSERT every message (inside the caller's transaction)."""
     small = [message for message in messages if not message.large]
     for message in small:
-        message.row.raw = message.received + bytes(message.content)
+        message.row.raw = message.received + message.content
     if small:
         Message.objects.bulk_create([message.row for message in small])
     for message in messages:
@@ -68,7 +68,7 @@ def _insert_large(message: NewMessage) -> None:
     elif vendor == "postgresql":
         _insert_large_postgresql(message, connection)
     else:  # no way around the join known for other databases
-        message.row.raw = message.received + bytes(message.content)
+        message.row.raw = message.received + message.content
         message.row.save(force_insert=True)
 
 
