@@ -1,6 +1,6 @@
 """One SMTP session: aiosmtpd's ``SMTP`` protocol with the gateway's rules.
 
-We keep aiosmtpd's command implementations (MAIL, RCPT, DATA, ...) and its TLS
+We keep aiosmtpd's command implementations (MAIL, RCPT, RSET, ...) and its TLS
 upgrade, and own what it leaves open:
 
 * the command loop, so that every line counts against the limits, nothing a client
@@ -9,11 +9,13 @@ upgrade, and own what it leaves open:
 * the AUTH exchange, so that every attempt (even a malformed or abandoned one) is
   recorded, failures are answered after a delay, and a session is closed after
   too many failures;
+* DATA, so that the body is read into one buffer (``smtpgateway.body``) under one
+  deadline;
 * connection admission (limits overall and per client address) and timeouts that
   say ``421`` before they close.
 
 This module never touches the ORM: database work goes through the server's
-``DatabaseWorker`` as jobs from ``smtpgateway.commits``.
+``DatabaseWorker`` as jobs from ``smtpgateway.checks`` and ``smtpgateway.commits``.
 """
 
 from __future__ import annotations
