@@ -62,14 +62,16 @@ def insert_messages(messages: list[NewMessage]) -> None:
 
 def _insert_large(message: NewMessage) -> None:
     connection = connections[Message.objects.db]
-    vendor = connection.vendor
-    if vendor == "sqlite":
-        _insert_large_sqlite(message, connection)
-    elif vendor == "postgresql":
-        _insert_large_postgresql(message, connection)
-    else:  # no way around the join known for other databases
-        message.row.raw = message.received + message.content
-        message.row.save(force_insert=True)
+    # These paths use the driver's own objects (a blob, a COPY); wrapped, so that
+    # a failure is a Django DatabaseError like any other (451, records kept).
+    with connection.wrap_database_errors:
+        if connection.vendor == "sqlite":
+            _insert_large_sqlite(message, connection)
+        elif connection.vendor == "postgresql":
+            _insert_large_postgresql(message, connection)
+        else:  # no way around the join known for other databases
+            message.row.raw = message.received + message.content
+            message.row.save(force_insert=True)
 
 
 def _insert_large_sqlite(message: NewMessage, connection) -> None:  # type: ignore[no-untyped-def]

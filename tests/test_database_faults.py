@@ -71,12 +71,13 @@ def test_records_outlast_a_write_lock_beyond_the_timeout(
     assert len(recorder) == 0
 
 
+@pytest.mark.parametrize("body_size", [4, 300 * 1024], ids=["small", "large"])  # large: blob I/O or COPY
 def test_store_failure_answers_451_and_stores_nothing(
-    gateway_factory: Any, scenarios: None, monkeypatch: pytest.MonkeyPatch
+    gateway_factory: Any, scenarios: None, monkeypatch: pytest.MonkeyPatch, body_size: int
 ) -> None:
     shorten_lock_timeout(monkeypatch, 0.5)
     gateway = gateway_factory()
-    message = b"Subject: during an outage\r\n\r\nbody\r\n"
+    message = b"Subject: during an outage\r\n\r\n" + b"0123456789 body\r\n" * (body_size // 17 + 1)
     with gateway.smtp(timeout=30) as client:
         auth(client, "PLAIN", VALID_INBOX, VALID_KEY)
         with write_lock():
