@@ -99,3 +99,19 @@ def test_silent_tls_client_does_not_hold_shutdown(gateway_factory: Any, scenario
     stop_in_background(gateway).result(30)
     assert time.monotonic() - started < 5
     silent.sock.close()
+
+
+def test_sigterm_writes_the_records_of_replies_already_sent(scenarios: None, leak_guard: None) -> None:
+    """AUTH is answered before its row is committed (milliseconds later): a
+    SIGTERM right after the last reply must still leave one row per attempt."""
+    server = RunSmtp()
+    wires = [Wire(server.port) for _ in range(40)]
+    for wire in wires:
+        assert wire.command("EHLO burst.example").startswith("250 ")
+    for wire in wires:
+        wire.send(GOOD)  # all forty in flight at once
+    answers = [wire.reply()[-1] for wire in wires]
+    code, _, err = server.stop()  # at once, while their rows may still be pending
+    assert code == 0, err[-2000:]
+    assert answers == ["235 2.7.0 Authentication successful"] * 40
+    assert AuthAttempt.objects.filter(reason="OK").count() == 40
