@@ -29,6 +29,8 @@ import re
 import secrets
 import ssl
 from dataclasses import dataclass, field
+from email._header_value_parser import get_addr_spec, get_angle_addr  # as aiosmtpd does
+from email.errors import HeaderParseError
 from typing import TYPE_CHECKING
 
 from aiosmtpd.proxy_protocol import get_proxy
@@ -450,6 +452,24 @@ class GatewaySMTP(SMTP):
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
         await self.push(status)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parsing for MAIL and RCPT, the same rules, without the
+        typing class it creates on every call (5% of the CPU of a message)."""
+        if not arg:
+            return "", ""
+        try:
+            if arg.lstrip().startswith("<"):
+                address, rest = get_angle_addr(arg)
+            else:
+                address, rest = get_addr_spec(arg)
+        except HeaderParseError:
+            return None, None
+        addr = address.addr_spec
+        localpart = addr.rpartition("@")[0]
+        if self.local_part_limit and len(localpart) > self.local_part_limit:
+            return None, None
+        return addr, rest
 
     async def check_auth_needed(self, caller_method: str) -> bool:
         if caller_method in ("MAIL", "RCPT", "DATA") and not self.gateway_session().authenticated:
