@@ -23,10 +23,11 @@ import logging
 from dataclasses import dataclass
 from typing import Union
 
-from django.db import DatabaseError, IntegrityError, connections, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 
 from apikeys.models import ApiKey
 from smtpgateway.checks import PendingFailures
+from smtpgateway.inserts import insert_rows
 from smtpgateway.models import AuthAttempt
 from smtpgateway.recorder import AttemptRecord, recorder
 from smtpgateway.store import NewMessage, insert_messages
@@ -112,22 +113,20 @@ def _commit_batch(jobs: list[Job], pending: PendingFailures) -> list[Result]:
     return results
 
 
+# Of an AuthAttempt's fields only these need the backend's adaptation; the rest
+# are plain values the drivers take as they are (cheaper than preparing each).
+_ADAPTED_ATTEMPT_FIELDS = {"created_at", "remote_addr"}
+
+
+def _attempt_value(field, record: AttemptRecord, connection):  # type: ignore[no-untyped-def]
+    value = getattr(record, field.attname)
+    return field.get_db_prep_save(value, connection) if field.name in _ADAPTED_ATTEMPT_FIELDS else value
+
+
 def insert_attempts(records: list[AttemptRecord]) -> None:
-    """INSERT the records as AuthAttempt rows with one executemany. Every attempt
-    is written, so this is the committer's hottest step: building model
-    instances for ``bulk_create`` took seven times as long (2.4 vs 0.3 ms per
-    25 rows). The columns come from the model, so they cannot drift from it."""
-    connection = connections[AuthAttempt.objects.db]
-    fields = [field for field in AuthAttempt._meta.concrete_fields if not field.primary_key]
-    prepared = {"created_at", "remote_addr"}  # the fields whose values need the backend's adaptation
-    rows = [
-        [field.get_db_prep_save(getattr(record, field.attname), connection) if field.name in prepared else getattr(record, field.attname) for field in fields]
-        for record in records
-    ]
-    table = connection.ops.quote_name(AuthAttempt._meta.db_table)
-    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
-    with connection.cursor() as cursor:
-        cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(fields))})", rows)
+    """INSERT the records as AuthAttempt rows: every attempt is written, so this is
+    the committer's hottest step."""
+    insert_rows(AuthAttempt, records, _attempt_value)
 
 
 def _fail_fast(jobs: list[Job]) -> list[Result]:

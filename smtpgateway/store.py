@@ -13,7 +13,7 @@ written without a join:
   body in chunks after the header, so nothing is joined or turned into text (a
   bound parameter would sit whole in libpq's output buffer as well).
 
-Smaller messages are inserted together with ``bulk_create``. Either way the
+Smaller messages are inserted together, with one ``executemany``. Either way the
 write is part of the committer's transaction: the ``250`` still comes after it
 has committed.
 """
@@ -30,6 +30,7 @@ from django.db.models import BinaryField, Func, Value
 from django.utils import timezone as django_timezone
 
 from inboxes.models import Message
+from smtpgateway.inserts import insert_rows, prepared_value
 
 LARGE_MESSAGE = 256 * 1024
 CHUNK = 256 * 1024
@@ -53,8 +54,7 @@ def insert_messages(messages: list[NewMessage]) -> None:
     small = [message for message in messages if not message.large]
     for message in small:
         message.row.raw = message.received + message.content
-    if small:
-        Message.objects.bulk_create([message.row for message in small])
+    insert_rows(Message, [message.row for message in small], prepared_value)
     for message in messages:
         if message.large:
             _insert_large(message)
