@@ -185,14 +185,13 @@ class Checker:
         if not limited:
             return {}
         since = now - max(job.rate_limit.window for job in limited)  # type: ignore[union-attr]
-        committed = recent_failures({job.peer.remote_addr for job in limited}, since)  # type: ignore[misc]
-        counts = {}
-        for job in limited:
-            address = job.peer.remote_addr
-            assert address is not None
-            if address not in counts:
-                counts[address] = len(committed.get(address, set()) | self.pending.identities(address, since))
-        return counts
+        addresses = {job.peer.remote_addr for job in limited if job.peer.remote_addr}
+        # Pending first, then the database: a failure committed (and forgotten) in
+        # between is then in the database's answer; read the other way round, it
+        # could be in neither.
+        pending = {address: self.pending.identities(address, since) for address in addresses}
+        committed = recent_failures(addresses, since)
+        return {address: len(committed.get(address, set()) | pending[address]) for address in addresses}
 
     def _lookup(self, texts: list[tuple[str, str]]) -> Lookup:
         """Key and inbox facts for this batch: from the cache when fresh, else read

@@ -93,3 +93,31 @@ def test_a_failure_committed_while_still_pending_counts_once(scenarios: None) ->
     # ...and now there are two (one committed, one pending): refused.
     assert checker.check_batch([failed_job("s3")]).outcomes[0].reason is Reason.RATE_LIMITED
     assert len(checker.pending) == 2  # RATE_LIMITED is not a counted failure
+
+
+class CommittedJustBeforeRead(PendingFailures):
+    """Pending failures whose committer finishes (writes the rows, then forgets
+    them) just before the checker reads what is pending: the race of a real run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.uncommitted: list[Any] = []
+
+    def identities(self, address: str, since: Any) -> Any:
+        if self.uncommitted:
+            AuthAttempt.objects.bulk_create([record.to_row() for record in self.uncommitted])
+            self.forget(self.uncommitted)
+            self.uncommitted = []
+        return super().identities(address, since)
+
+
+def test_a_failure_committed_during_the_count_is_not_missed(scenarios: None) -> None:
+    """Read in the wrong order (database, then pending), this failure would be in
+    neither: the database was read before its commit, and memory after it."""
+    pending = CommittedJustBeforeRead()
+    checker = Checker(cache_seconds=0, pending=pending)
+    limit_one = RateLimit(1, timedelta(minutes=10))
+    first = checker.check_batch([AuthJob(Peer("s1", "192.0.2.8", 1), "PLAIN", VALID_INBOX.encode(), UNKNOWN_KEY.encode(), limit_one)])
+    pending.uncommitted = list(first.records)
+    second = checker.check_batch([AuthJob(Peer("s2", "192.0.2.8", 2), "PLAIN", VALID_INBOX.encode(), UNKNOWN_KEY.encode(), limit_one)])
+    assert second.outcomes[0].reason is Reason.RATE_LIMITED
