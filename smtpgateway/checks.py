@@ -146,7 +146,8 @@ class PendingFailures:
 
 
 class Checker:
-    """The checker thread's state: its caches and the shared pending failures."""
+    """The checker thread's state: its caches (used by that one thread only) and
+    the pending failures it shares with the committers."""
 
     def __init__(self, cache_seconds: float, pending: PendingFailures) -> None:
         self.keys: FactsCache[str, KeyFacts] = FactsCache(cache_seconds)
