@@ -192,6 +192,10 @@ int main(int argc, char **argv) {
     messages = atoi(argv[7]);
     body_bytes = atoi(argv[8]);
     spread = argc == 10 && atoi(argv[9]) == 1;
+    /* A new sequence of source addresses every run: unseeded, every cell of a
+       benchmark came from the same addresses again, and their failed AUTHs piled
+       up across cells (each later cell's rate-limit reads found more of them). */
+    srand((unsigned)time(NULL) ^ ((unsigned)getpid() << 16));
 
     /* A body of body_bytes: headers, then 76-character lines, then the end mark. */
     body = malloc((size_t)body_bytes + 256);

@@ -556,7 +556,8 @@ class GatewaySMTP(SMTP):
         if closing:
             reply = replies.TOO_MANY_AUTH_FAILURES
         code = " ".join(reply.split(" ", 2)[:2])  # "535 5.7.8", "538 5.7.11"
-        log.warning("Auth failed: %s, returning %s (session %s, %s)", reason, code, session.session_id, self.peer().remote_addr)
+        address = session.peer[0] if isinstance(session.peer, tuple) else None
+        log.warning("Auth failed: %s, returning %s (session %s, %s)", reason, code, session.session_id, address)
         if session.throttled and self.config.auth_failure_delay > 0:
             await asyncio.sleep(max(0.0, started + self.config.auth_failure_delay - self.loop.time()))
         if closing:
