@@ -87,6 +87,11 @@ class GatewaySession(Session):
         # decided once the client's address is known.
         self.throttled = True
 
+    @property
+    def remote_addr(self) -> str | None:
+        """The client's address (after a PROXY header, the real client's)."""
+        return self.peer[0] if isinstance(self.peer, tuple) else None
+
 
 @dataclass(slots=True)
 class _Rejected:
@@ -249,7 +254,7 @@ class GatewaySMTP(SMTP):
                 if not session.authenticated and self.config.max_unauth_commands:
                     unauthenticated_left -= 1
                     if unauthenticated_left < 0:
-                        log.warning("Too many commands before AUTH from %s (session %s)", self.peer().remote_addr, session.session_id)
+                        log.warning("Too many commands before AUTH from %s (session %s)", session.remote_addr, session.session_id)
                         await self._close_with(replies.TOO_MANY_UNAUTHENTICATED_COMMANDS)
                         return
                 command, arg = self._parse(line)
@@ -375,26 +380,27 @@ class GatewaySMTP(SMTP):
     def auth_offered(self) -> bool:
         return not self._auth_require_tls or self.encrypted()
 
-    @syntax("HELO hostname")
-    async def smtp_HELO(self, hostname: str) -> None:
+    async def _greeted(self, command: str, hostname: str, extended: bool) -> bool:
+        """What HELO and EHLO share: a hostname is required; it resets the
+        transaction and records how the client greeted. False if refused."""
         if not hostname:
-            await self.push("501 5.5.4 Syntax: HELO hostname")
-            return
+            await self.push(replies.GREETING_SYNTAX.format(command=command))
+            return False
         self._set_rset_state()
         session = self.gateway_session()
-        session.extended_smtp = False
+        session.extended_smtp = extended
         session.host_name = hostname
-        await self._push_lines([self.hostname])
+        return True
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str) -> None:
+        if await self._greeted("HELO", hostname, extended=False):
+            await self._push_lines([self.hostname])
 
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:
-        if not hostname:
-            await self.push("501 5.5.4 Syntax: EHLO hostname")
+        if not await self._greeted("EHLO", hostname, extended=True):
             return
-        self._set_rset_state()
-        session = self.gateway_session()
-        session.extended_smtp = True
-        session.host_name = hostname
         lines = [self.hostname, f"SIZE {self.data_size_limit}", "8BITMIME", "SMTPUTF8", "PIPELINING"]
         if self.tls_context and not self.encrypted():
             lines.append("STARTTLS")
@@ -480,12 +486,12 @@ class GatewaySMTP(SMTP):
     # --- AUTH ---------------------------------------------------------------------------------------
     def peer(self) -> Peer:
         session = self.gateway_session()
-        address = session.peer if isinstance(session.peer, tuple) else (None, None)
-        return Peer(session.session_id, address[0], address[1], session.tls)
+        port = session.peer[1] if isinstance(session.peer, tuple) else None
+        return Peer(session.session_id, session.remote_addr, port, session.tls)
 
     def _classify_client(self) -> None:
         session = self.gateway_session()
-        session.throttled = not is_exempt(self.peer().remote_addr, self.config.throttle_exempt)
+        session.throttled = not is_exempt(session.remote_addr, self.config.throttle_exempt)
 
     @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg: str | None) -> None:
@@ -556,8 +562,7 @@ class GatewaySMTP(SMTP):
         if closing:
             reply = replies.TOO_MANY_AUTH_FAILURES
         code = " ".join(reply.split(" ", 2)[:2])  # "535 5.7.8", "538 5.7.11"
-        address = session.peer[0] if isinstance(session.peer, tuple) else None
-        log.warning("Auth failed: %s, returning %s (session %s, %s)", reason, code, session.session_id, address)
+        log.warning("Auth failed: %s, returning %s (session %s, %s)", reason, code, session.session_id, session.remote_addr)
         if session.throttled and self.config.auth_failure_delay > 0:
             await asyncio.sleep(max(0.0, started + self.config.auth_failure_delay - self.loop.time()))
         if closing:

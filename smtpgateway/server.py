@@ -87,7 +87,7 @@ class GatewayHandler:
         submission = Submission(
             inbox_pk=identity.inbox_pk,
             helo_name=session.host_name or "unknown",
-            remote_addr=server.peer().remote_addr,
+            remote_addr=session.remote_addr,
             hostname=self.config.hostname,
             protocol="ESMTPSA" if session.tls else "ESMTPA",
             tls_note=session.tls.received_note() if session.tls else "",

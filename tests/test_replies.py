@@ -95,3 +95,10 @@ def test_quit(gateway: LiveGateway) -> None:
 )
 def test_catalogue_rewrites(aiosmtpd_text: str, ours: str) -> None:
     assert with_enhanced_code(aiosmtpd_text) == ours
+
+
+@pytest.mark.parametrize("command", ["HELO", "EHLO"])
+def test_greeting_without_a_hostname(gateway: LiveGateway, command: str) -> None:
+    wire = gateway.wire()
+    assert wire.command(command) == f"501 5.5.4 Syntax: {command} hostname"
+    assert wire.command("AUTH PLAIN") == "503 5.5.1 Error: send EHLO first"  # the refused greeting did not count
