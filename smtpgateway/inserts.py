@@ -8,6 +8,7 @@ come from the model, so the statement cannot drift from it.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Iterable
 
 from django.db import connections
@@ -18,14 +19,20 @@ def insert_rows(model: type[Model], objects: Iterable[Any], value: Callable[[Fie
     """INSERT one row per object; ``value(field, object, connection)`` gives each
     column's value, ready for the driver. The primary key is left to the database."""
     connection = connections[model.objects.db]
-    fields = [field for field in model._meta.concrete_fields if not field.primary_key]
+    fields, sql = _insert_statement(model, connection.vendor)
     rows = [[value(field, obj, connection) for field in fields] for obj in objects]
-    if not rows:
-        return
-    quote = connection.ops.quote_name
+    if rows:
+        with connection.cursor() as cursor:
+            cursor.executemany(sql, rows)
+
+
+@functools.cache
+def _insert_statement(model: type[Model], vendor: str) -> tuple[list[Field], str]:
+    """The columns and the statement, built once per model (not on every batch)."""
+    quote = connections[model.objects.db].ops.quote_name
+    fields = [field for field in model._meta.concrete_fields if not field.primary_key]
     columns = ", ".join(quote(field.column) for field in fields)
-    with connection.cursor() as cursor:
-        cursor.executemany(f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES ({', '.join(['%s'] * len(fields))})", rows)
+    return fields, f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES ({', '.join(['%s'] * len(fields))})"
 
 
 def prepared_value(field: Field, instance: Model, connection: Any) -> Any:
