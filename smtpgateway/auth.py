@@ -16,15 +16,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-
+from django.db.models import QuerySet
 
 from apikeys import keys
 from apikeys.models import ApiKey
 from apikeys.scopes import SMTP_SEND
 from inboxes.ids import INBOX_ID_PATTERN
 from inboxes.models import Inbox
+from smtpgateway.compiled import CompiledRead
 from smtpgateway.models import AuthAttempt
 from smtpgateway.reasons import Reason
 
@@ -136,10 +137,35 @@ def recent_failures(addresses: set[str], since: datetime) -> dict[str, set[tuple
     (RATE_LIMITED) are not counted failures, so once locked out an address adds
     nothing to the index (lockout ends one window after its last real guess), and
     the checker stops checking credentials for it at the limit."""
-    rows = AuthAttempt.objects.filter(credential_failure=True, created_at__gte=since, remote_addr__in=addresses).values_list(
-        "remote_addr", "session_id", "created_at"
-    )
+    if not addresses:
+        return {}
     failures: dict[str, set[tuple[str, datetime]]] = {}
-    for address, session_id, created_at in rows.order_by():
+    for address, session_id, created_at in _RECENT_FAILURES.rows((tuple(addresses), since)):
         failures.setdefault(address, set()).add((session_id, created_at))
     return failures
+
+
+# (addresses, since): compiled once per number of addresses (smtpgateway.compiled).
+FailuresAsked = tuple[tuple[str, ...], datetime]
+
+
+def _failures_queryset(asked: FailuresAsked) -> QuerySet[AuthAttempt, tuple[str, str, datetime]]:
+    addresses, since = asked
+    return (
+        AuthAttempt.objects.filter(credential_failure=True, created_at__gte=since, remote_addr__in=addresses)
+        .values_list("remote_addr", "session_id", "created_at")
+        .order_by()
+    )
+
+
+def _failures_params(asked: FailuresAsked, connection: Any) -> list[Any]:
+    addresses, since = asked
+    created_at = AuthAttempt._meta.get_field("created_at")
+    remote_addr = AuthAttempt._meta.get_field("remote_addr")
+    return [
+        created_at.get_db_prep_value(since, connection),
+        *(remote_addr.get_db_prep_value(address, connection) for address in addresses),
+    ]
+
+
+_RECENT_FAILURES = CompiledRead(AuthAttempt, _failures_queryset, _failures_params, shape=lambda asked: len(asked[0]))

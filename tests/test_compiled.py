@@ -1,0 +1,65 @@
+"""Reads compiled once per shape return what the ORM's queryset returns, on the
+real database; a read whose stated parameters drift from the ORM's fails loudly."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from smtpgateway.auth import recent_failures
+from smtpgateway.compiled import CompiledRead
+from smtpgateway.models import AuthAttempt
+from smtpgateway.reasons import Reason
+
+ADDRESSES = ["192.0.2.1", "192.0.2.2", "2001:db8::7", "198.51.100.9"]
+
+
+def attempt(address: str, session_id: str, created_at: datetime, reason: Reason) -> AuthAttempt:
+    return AuthAttempt(
+        created_at=created_at, remote_addr=address, session_id=session_id, mechanism="PLAIN", username="inb_x",
+        success=reason is Reason.OK, reason=reason.value, credential_failure=reason is Reason.API_KEY_NOT_FOUND,
+    )
+
+
+def orm_answer(addresses: list[str], since: datetime) -> dict[str, set[tuple[str, datetime]]]:
+    found: dict[str, set[tuple[str, datetime]]] = {}
+    rows = AuthAttempt.objects.filter(credential_failure=True, created_at__gte=since, remote_addr__in=addresses)
+    for address, session_id, created_at in rows.values_list("remote_addr", "session_id", "created_at"):
+        found.setdefault(address, set()).add((session_id, created_at))
+    return found
+
+
+@pytest.mark.django_db
+def test_recent_failures_match_the_orm_for_every_shape() -> None:
+    now = timezone.now().replace(microsecond=123456)
+    rows = []
+    for number, address in enumerate(ADDRESSES):
+        for age in (1, 30, 700):  # seconds; the last is outside a ten-minute window
+            rows.append(attempt(address, f"s{number}-{age}", now - timedelta(seconds=age), Reason.API_KEY_NOT_FOUND))
+        rows.append(attempt(address, f"s{number}-ok", now, Reason.OK))  # not a counted failure
+    AuthAttempt.objects.bulk_create(rows)
+    since = now - timedelta(minutes=10)
+    for count in range(1, len(ADDRESSES) + 1):
+        asked = ADDRESSES[:count]
+        expected = orm_answer(asked, since)
+        assert sum(len(found) for found in expected.values()) == 2 * count
+        assert recent_failures(set(asked), since) == expected
+        assert recent_failures(set(asked), since) == expected  # compiled this time
+    assert recent_failures(set(ADDRESSES[:2]), now + timedelta(seconds=1)) == {}
+    assert recent_failures(set(), since) == {}
+
+
+@pytest.mark.django_db
+def test_stated_parameters_that_differ_from_the_orm_are_refused() -> None:
+    def built(since: datetime) -> Any:
+        return AuthAttempt.objects.filter(created_at__gte=since).values_list("session_id")
+
+    def wrong(since: datetime, connection: Any) -> list[Any]:
+        return [since, since]  # one parameter too many
+
+    read: CompiledRead[datetime] = CompiledRead(AuthAttempt, built, wrong, shape=lambda since: None)
+    with pytest.raises(AssertionError, match="stated parameters differ"):
+        list(read.rows(timezone.now()))
