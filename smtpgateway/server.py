@@ -14,6 +14,7 @@ This module never touches the ORM: every database step is a job from
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import ssl
@@ -239,6 +240,11 @@ async def serve_until_signalled(config: GatewayConfig, on_ready: Callable[[Gatew
         loop.add_signal_handler(signum, on_stop_signal)
     loop.add_signal_handler(signal.SIGHUP, server.reload_certificates)
     await server.start()
+    # What exists now (Django, the models, the listeners, compiled SQL) lives as
+    # long as the process: take it out of the garbage collector's view. Else every
+    # full collection walks its ~60,000 objects and stalls the loop 45-60 ms, a
+    # few times a minute under load (the AUTH p99); frozen, 5-10 ms.
+    gc.freeze()
     on_ready(server)
     await stop.wait()
     log.info("Stopping the gateway")
