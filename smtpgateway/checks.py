@@ -5,10 +5,10 @@ and runs :func:`check_batch`: one grouped query for the rate-limit counts, one
 for the keys and one for the inboxes that the cache does not hold fresh, then
 :func:`smtpgateway.auth.validate` for each. The sessions are answered right
 away; the attempts' rows go to the committer as one ``RecordsJob``, committed
-a few milliseconds later (so a slow commit, an fsync or a WAL checkpoint never
-holds up an AUTH reply). SIGTERM waits for them; only a process killed outright
-in those milliseconds loses them, as it would lose the attempts still being
-checked.
+within about 20 ms (``smtpgateway.worker.RECORDS_LINGER``), so a slow commit, an
+fsync or a WAL checkpoint never holds up an AUTH reply. SIGTERM waits for them;
+only a process killed outright in those milliseconds loses them, as it would
+lose the attempts still being checked.
 
 Two things keep the answers as strict as if every row were already committed:
 
