@@ -211,7 +211,7 @@ def database_url() -> str:
 
 def eventually(condition: Any, timeout: float = 10.0) -> None:
     """Wait for ``condition()`` to hold: for a gateway in another process, whose
-    AuthAttempt rows are committed milliseconds after its replies."""
+    AuthAttempt rows are committed within about 20 ms of its replies."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "the condition did not come true in time"

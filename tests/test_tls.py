@@ -19,7 +19,7 @@ import pytest
 from inboxes.models import Message
 from smtpgateway.models import AuthAttempt
 from smtpgateway.tls import CertificateSummary, write_self_signed
-from tests.helpers import SCENARIOS, VALID_EMAIL, VALID_INBOX, VALID_KEY, LiveGateway, Scenario, auth, b64, free_port
+from tests.helpers import SCENARIOS, VALID_EMAIL, VALID_INBOX, VALID_KEY, LiveGateway, Scenario, auth, b64, eventually, free_port
 from tests.test_commands import RunSmtp
 
 
@@ -241,6 +241,7 @@ def test_swaks_starttls_and_implicit_tls(tls_runsmtp: RunSmtp) -> None:
     plaintext = swaks("--server", f"127.0.0.1:{tls_runsmtp.port}", "--auth", "PLAIN", "--auth-user", VALID_INBOX, "--auth-password", VALID_KEY, "--quit-after", "AUTH")
     assert plaintext.returncode != 0  # AUTH is not offered without TLS
     assert Message.objects.count() == 2
+    eventually(lambda: AuthAttempt.objects.count() == 2)
     assert list(AuthAttempt.objects.values_list("encrypted", flat=True)) == [True, True]
 
 
