@@ -128,17 +128,20 @@ class PendingFailures:
                         if not pending:
                             del self._by_address[record.remote_addr]
 
-    def identities(self, address: str, since: datetime) -> set[FailureId]:
-        """This address's pending failures since ``since``; older ones are dropped
-        (they no longer count, and a record the database never took must not
-        stay here for good)."""
+    def identities(self, addresses: set[str], since: datetime) -> dict[str, set[FailureId]]:
+        """These addresses' pending failures since ``since`` (one lock for the
+        batch); older ones are dropped (they no longer count, and a record the
+        database never took must not stay here for good)."""
+        found: dict[str, set[FailureId]] = {}
         with self._lock:
-            pending = self._by_address.get(address)
-            if not pending:
-                return set()
-            for stale in [identity for identity in pending if identity[1] < since]:
-                del pending[stale]
-            return set(pending)
+            for address in addresses:
+                pending = self._by_address.get(address)
+                if not pending:
+                    continue
+                for stale in [identity for identity in pending if identity[1] < since]:
+                    del pending[stale]
+                found[address] = set(pending)
+        return found
 
     def __len__(self) -> int:
         with self._lock:
@@ -190,9 +193,9 @@ class Checker:
         # Pending first, then the database: a failure committed (and forgotten) in
         # between is then in the database's answer; read the other way round, it
         # could be in neither.
-        pending = {address: self.pending.identities(address, since) for address in addresses}
+        pending = self.pending.identities(addresses, since)
         committed = recent_failures(addresses, since)
-        return {address: len(committed.get(address, set()) | pending[address]) for address in addresses}
+        return {address: len(committed.get(address, set()) | pending.get(address, set())) for address in addresses}
 
     def _lookup(self, texts: list[tuple[str, str]]) -> Lookup:
         """Key and inbox facts for this batch: from the cache when fresh, else read

@@ -103,12 +103,12 @@ class CommittedJustBeforeRead(PendingFailures):
         super().__init__()
         self.uncommitted: list[Any] = []
 
-    def identities(self, address: str, since: Any) -> Any:
+    def identities(self, addresses: Any, since: Any) -> Any:
         if self.uncommitted:
             AuthAttempt.objects.bulk_create([record.to_row() for record in self.uncommitted])
             self.forget(self.uncommitted)
             self.uncommitted = []
-        return super().identities(address, since)
+        return super().identities(addresses, since)
 
 
 def test_a_failure_committed_during_the_count_is_not_missed(scenarios: None) -> None:
