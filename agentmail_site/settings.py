@@ -174,7 +174,9 @@ LOGGING = {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        # Written by a thread of its own: a stalled reader of stderr must not block
+        # the event loop (smtpgateway/logwriter.py).
+        "console": {"class": "smtpgateway.logwriter.BackgroundStreamHandler", "formatter": "plain"},
     },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {

@@ -22,7 +22,7 @@ from django.core.management.base import CommandError
 from apikeys.models import ApiKey
 from inboxes.models import Inbox, Organization
 from smtpgateway.models import AuthAttempt
-from tests.helpers import DEMO_KEYS, VALID_INBOX, LiveGateway, auth, database_url, eventually, free_port, secret_markers
+from tests.helpers import DEMO_KEYS, UNKNOWN_KEY, VALID_INBOX, LiveGateway, Wire, auth, b64, database_url, eventually, free_port, secret_markers
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_TLS = {"SMTP_TLS_CERT_FILE": "", "SMTP_TLS_KEY_FILE": "", "SMTP_TLS_PORT": "0", "SMTP_AUTH_REQUIRE_TLS": "false"}
@@ -32,10 +32,10 @@ DEMO_THROTTLING = {"SMTP_THROTTLE_EXEMPT": "127.0.0.0/8,::1"}
 
 class RunSmtp:
     """`manage.py runsmtp` in a subprocess, using this test run's database. Its
-    output goes to files, as under a service manager: a pipe nobody reads would
-    fill up and block the server's logging."""
+    output goes to files, as under a service manager; with ``unread_stderr`` its
+    stderr is a pipe that nobody reads until ``stop()``, like a stalled log reader."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, unread_stderr: bool = False) -> None:
         self.port = free_port()
         # Independent of the developer's .env: no TLS unless the test asks.
         environment = {**os.environ, "DATABASE_URL": database_url(), "DEBUG": "true", **NO_TLS, **DEMO_THROTTLING, **(env or {})}
@@ -46,7 +46,7 @@ class RunSmtp:
             cwd=ROOT,
             env=environment,
             stdout=self._out,
-            stderr=self._err,
+            stderr=subprocess.PIPE if unread_stderr else self._err,
             text=True,
         )
         deadline = time.monotonic() + 60
@@ -69,6 +69,9 @@ class RunSmtp:
     def stop(self, signum: int = signal.SIGTERM) -> tuple[int, str, str]:
         if self.process.poll() is None:
             self.process.send_signal(signum)
+        if self.process.stderr is not None:  # the unread pipe: read it now
+            _, piped = self.process.communicate(timeout=30)
+            return self.process.returncode, self.stdout(), piped
         code = self.process.wait(timeout=30)
         return code, self.stdout(), self.stderr()
 
@@ -152,6 +155,27 @@ def test_production_defaults_throttle_loopback(scenarios: None, leak_guard: None
     assert "10 passed, 0 failed" in runs[0].stdout  # 9 failures: under the limit of 10
     assert "454 4.7.0 Temporary authentication failure" in runs[1].stdout
     assert AuthAttempt.objects.filter(reason="RATE_LIMITED").exists()
+
+
+def test_a_stalled_log_reader_does_not_stall_the_gateway(scenarios: None, leak_guard: None) -> None:
+    """Every failed AUTH logs a WARNING line. With stderr a pipe nobody reads, the
+    pipe is full after a few hundred lines; every session after that must still
+    be served, and once the pipe is read every line is there (tests/test_logwriter.py
+    covers a reader so slow that lines are dropped)."""
+    server = RunSmtp(unread_stderr=True, env={"SMTP_AUTH_FAILURE_DELAY": "0"})
+    bad = "AUTH PLAIN " + b64(f"\0{VALID_INBOX}\0{UNKNOWN_KEY}")
+    sessions = 1500  # ~150 KB of log lines: more than twice a 64 KiB pipe
+    try:
+        for n in range(sessions):
+            wire = Wire(server.port, timeout=5)
+            assert wire.command("EHLO stalled-logs.example").startswith("250 "), n
+            assert wire.command(bad) == "535 5.7.8 Authentication credentials invalid", n
+            wire.close()
+    finally:
+        code, _, err = server.stop()
+    assert code == 0
+    assert err.count("Auth failed: API_KEY_NOT_FOUND, returning 535 5.7.8") == sessions
+    assert UNKNOWN_KEY not in err
 
 
 def test_runsmtp_port_in_use_is_one_clear_error(transactional_db: None) -> None:
