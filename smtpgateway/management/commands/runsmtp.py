@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import ctypes
 import errno
+import logging
 import ssl
 from dataclasses import replace
 from typing import Any, Coroutine
@@ -121,6 +122,10 @@ class Command(BaseCommand):
                 errno.EADDRNOTAVAIL: "that address is not on this machine",
             }.get(error.errno or 0, error.strerror or str(error))
             raise CommandError(f"Cannot listen on {config.host}:{config.port}: {reason}.") from error
+        # Log lines are written by a thread of their own (smtpgateway.logwriter):
+        # let the last ones out before the final word.
+        for handler in logging.getLogger().handlers:
+            handler.flush()
         self.stdout.write("agentmail-smtp stopped.")
 
     def print_banner(self, server: GatewayServer) -> None:
