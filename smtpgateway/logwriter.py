@@ -91,7 +91,7 @@ class BackgroundStreamHandler(logging.Handler):
                 lines.append(self._lines.popleft())
             text = "".join(lines)
             if dropped:
-                text += f"{time.strftime('%Y-%m-%d %H:%M:%S')} WARNING {__name__} {dropped} log lines dropped: the log's reader fell behind\n"
+                text += self._dropped_line(dropped)
             if text:
                 try:
                     self.stream.write(text)
@@ -103,3 +103,8 @@ class BackgroundStreamHandler(logging.Handler):
                 self._changed.notify_all()
             if closing and not self._lines:
                 return
+
+    def _dropped_line(self, count: int) -> str:
+        """The notice of dropped lines, in the same format as every other line."""
+        notice = logging.LogRecord(__name__, logging.WARNING, __file__, 0, "%d log lines dropped: the log's reader fell behind", (count,), None)
+        return self.format(notice) + "\n"
