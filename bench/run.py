@@ -8,12 +8,16 @@ CPU 0 and the load generator (bench/smtpload.c, compiled here) to CPU 1 when the
 machine has two. For every scenario and concurrency it measures sessions/s,
 server CPU per session and the AUTH step's latency; every reply is checked by
 the load generator, and a wrong one is an error, never a session. It also
-measures peak RSS with 256 idle sessions and around one 10 MiB message.
+measures peak RSS with 256 idle sessions and around one 10 MiB message, and
+failed against successful AUTH in alternating short cells (paired_ratio), since
+two cells a dozen seconds apart differ by the machine's drift as much as by
+anything the servers do.
 
 The gateway runs as in production (DEBUG off, uvloop, the AUTH rate limit of
 10 failures per address per 10 minutes checked on every AUTH, every attempt
-recorded, every message committed before its 250), except that the failure delay
-is 0 (a policy knob, not work) and per-address connection limits are off. Clients
+recorded, every message committed before its 250, LOG_LEVEL INFO so every AUTH
+logs one line), except that the failure delay is 0 (a policy knob, not work) and
+per-address connection limits are off. Clients
 come from random 127.x.y.z addresses, as from many hosts.
 
 Writes docs/benchmarks.md (with the date and machine) and docs/benchmarks.png.
@@ -33,6 +37,7 @@ import shutil
 import signal
 import smtplib
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -65,6 +70,8 @@ SCENARIOS = [
     Scenario("auth_20msg", "(d) AUTH + 20 messages per connection", KEY, 235, 20, 2048),
 ]
 CONCURRENCY = [1, 16, 64, 256]
+# Failed against successful AUTH, alternating (paired_ratio).
+PAIRED_CONCURRENCY, PAIRED_ROUNDS, PAIRED_SECONDS = [64, 256], 6, 1.5
 
 GATEWAY_ENV = {
     "DEBUG": "false",
@@ -79,7 +86,10 @@ GATEWAY_ENV = {
     "SMTP_TLS_PORT": "0",
     "SMTP_TLS_CERT_FILE": "",
     "SMTP_TLS_KEY_FILE": "",
-    "LOG_LEVEL": "WARNING",
+    # The default level: every AUTH logs one line, "Auth succeeded" (INFO) or
+    # "Auth failed" (WARNING). At WARNING only failures would pay for a line, and
+    # (a) and (b) would compare logging settings instead of the AUTH paths.
+    "LOG_LEVEL": "INFO",
 }
 
 
@@ -100,9 +110,15 @@ def build_loadgen() -> None:
 
 def prepare_database(url: str) -> None:
     """Migrate, load the demo data, and start with no records (earlier runs' failed
-    attempts would otherwise trip the AUTH rate limit)."""
+    attempts would otherwise trip the AUTH rate limit). Emptied with Django's
+    flush SQL, which is TRUNCATE on PostgreSQL: a DELETE would leave the last run's
+    rows dead for autovacuum to clean up while this run measures."""
     env = {**os.environ, **GATEWAY_ENV, "DATABASE_URL": url}
-    empty = "from smtpgateway.models import AuthAttempt as A; from inboxes.models import Message as M; A.objects.all().delete(); M.objects.all().delete()"
+    empty = (
+        "from django.core.management.color import no_style; from django.db import connection; "
+        "from smtpgateway.models import AuthAttempt as A; from inboxes.models import Message as M; "
+        "connection.ops.execute_sql_flush(connection.ops.sql_flush(no_style(), [A._meta.db_table, M._meta.db_table]))"
+    )
     for args in (["migrate", "--noinput", "-v0"], ["loaddata", "scenarios", "-v0"], ["shell", "-c", empty]):
         subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True)
 
@@ -180,6 +196,24 @@ def run_cell(server: Server, scenario: Scenario, concurrency: int, seconds: floa
     }
 
 
+def paired_ratio(server: Server, base: Scenario, other: Scenario, concurrency: int, rounds: int, seconds: float) -> dict[str, float]:
+    """``other`` against ``base`` on one server, in short cells that alternate
+    (ABBA...): this VM's speed drifts by tens of percent within a minute, so two
+    cells measured a dozen seconds apart (as in the tables) can differ by more
+    than the servers' paths do. Each round gives a ratio of two neighbouring
+    cells; the median of the rounds is reported, with their range."""
+    rates: list[float] = []
+    cpus: list[float] = []
+    errors = 0.0
+    for round_number in range(rounds):
+        order = (base, other) if round_number % 2 == 0 else (other, base)
+        cells = {scenario.name: run_cell(server, scenario, concurrency, seconds) for scenario in order}
+        rates.append(cells[other.name]["rate"] / cells[base.name]["rate"])
+        cpus.append(cells[other.name]["cpu_ms"] / cells[base.name]["cpu_ms"])
+        errors += cells[other.name]["errors"] + cells[base.name]["errors"]
+    return {"rate": statistics.median(rates), "low": min(rates), "high": max(rates), "cpu": statistics.median(cpus), "errors": errors, "rounds": rounds}
+
+
 def memory_profile(server: Server) -> dict[str, float]:
     """RSS with 256 idle sessions, and peak RSS around one 10 MiB message."""
     base = server.status_kib("VmRSS")
@@ -234,7 +268,7 @@ def scaling_profile(command: list[str], env: dict[str, str], seconds: float) -> 
     return rates
 
 
-def render(results: dict[str, dict], memory: dict[str, dict], seconds: float, concurrencies: list[int]) -> str:
+def render(results: dict[str, dict], memory: dict[str, dict], paired: dict[tuple[str, int], dict[str, float]], seconds: float, concurrencies: list[int]) -> str:
     reference = results["reference"]
     lines = [
         "# Benchmarks",
@@ -245,7 +279,8 @@ def render(results: dict[str, dict], memory: dict[str, dict], seconds: float, co
         f"{seconds:g} s per cell, loopback. A session is connect + EHLO + AUTH PLAIN (+ messages) + QUIT; every reply checked.",
         "Reference: bare aiosmtpd 1.4.6, in-memory authenticator, bodies discarded. Ours: `runsmtp` with every AUTH "
         "checked (the rate-limit count read from the database; key and inbox state at most 1 s old, SMTP_AUTH_CACHE_SECONDS) and recorded, every message committed before its 250; "
-        "production settings except no failure delay. Clients come from random 127.x.y.z addresses.",
+        "production settings (LOG_LEVEL INFO: one log line per AUTH) except no failure delay or per-session failure cap, "
+        "no TLS and connection limits raised. Clients come from random 127.x.y.z addresses.",
         "",
         "Ratio = our sessions/s ÷ the reference's in the same cell.",
         "",
@@ -262,6 +297,17 @@ def render(results: dict[str, dict], memory: dict[str, dict], seconds: float, co
                 lines.append(
                     f"| {label} | {concurrency} | {cell['rate']:.0f} | {ratio} | {cell['cpu_ms']:.2f} | {cell['p50']:.1f} | {cell['p95']:.1f} | {cell['p99']:.1f} | {cell['errors']:.0f} |"
                 )
+        lines.append("")
+    if paired:
+        rounds = max(int(pair["rounds"]) for pair in paired.values())
+        lines += ["## Failed ÷ successful AUTH, interleaved", "",
+                  f"(a) and (b) above are measured a dozen seconds apart, and this machine's speed drifts in between. Here the two "
+                  f"alternate on one server in {PAIRED_SECONDS:g} s cells, {rounds} round(s) of one each; the median of the rounds' ratios, "
+                  "and their range. 1.00 = a failed AUTH session costs what a successful one does.", "",
+                  "| server | conns | sessions/s: failed ÷ successful | range | CPU per session: failed ÷ successful | errors |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for (label, concurrency), pair in paired.items():
+            lines.append(f"| {label} | {concurrency} | {pair['rate']:.2f} | {pair['low']:.2f}–{pair['high']:.2f} | {pair['cpu']:.2f} | {pair['errors']:.0f} |")
         lines.append("")
     lines += ["## Memory", "", "| server | RSS at start MiB | with 256 idle sessions | 10 MiB message: peak rise | RSS before → after the message |", "|---|---:|---:|---:|---:|"]
     for label, mem in memory.items():
@@ -330,6 +376,8 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     memory: dict[str, dict] = {}
+    paired: dict[tuple[str, int], dict[str, float]] = {}
+    paired_concurrencies, paired_rounds = ([64], 1) if args.quick else (PAIRED_CONCURRENCY, PAIRED_ROUNDS)
     for label, command, env in servers:
         server = Server(label, command, env)
         try:
@@ -340,6 +388,11 @@ def main() -> None:
                     cells[(scenario.name, concurrency)] = cell
                     print(f"{label:17} {scenario.name:10} c={concurrency:<4} {cell['rate']:8.0f}/s  cpu {cell['cpu_ms']:.2f} ms  "
                           f"AUTH p50/p95/p99 {cell['p50']:.1f}/{cell['p95']:.1f}/{cell['p99']:.1f} ms  errors {cell['errors']:.0f}", flush=True)
+            for concurrency in paired_concurrencies:
+                pair = paired_ratio(server, SCENARIOS[0], SCENARIOS[1], concurrency, paired_rounds, min(seconds, PAIRED_SECONDS))
+                paired[(label, concurrency)] = pair
+                print(f"{label:17} failed/successful c={concurrency:<4} sessions/s {pair['rate']:.2f} "
+                      f"({pair['low']:.2f}-{pair['high']:.2f})  cpu {pair['cpu']:.2f}  errors {pair['errors']:.0f}", flush=True)
         finally:
             server.stop()
         fresh = Server(label, command, env)  # memory on a fresh process
@@ -351,7 +404,7 @@ def main() -> None:
     global SCALING
     label, command, env = servers[-1]  # PostgreSQL when there is one: SQLite has one writer
     SCALING = (label, scaling_profile(command, env or {}, seconds))
-    report = render(results, memory, seconds, concurrencies)
+    report = render(results, memory, paired, seconds, concurrencies)
     # A quick run is a smoke test: it must not replace the published results.
     docs = BUILD if args.quick else ROOT / "docs"
     docs.mkdir(exist_ok=True)
