@@ -34,6 +34,11 @@ def parse_path(arg: str) -> tuple[str, str] | None:
             rest = rest.lstrip()
         if not rest.startswith("("):  # a comment: the parser's business
             return plain.group(1), rest
+    return parse_path_by_stdlib(arg)
+
+
+def parse_path_by_stdlib(arg: str) -> tuple[str, str] | None:
+    """The same, always by the stdlib parser (aiosmtpd's way)."""
     try:
         if arg.lstrip().startswith("<"):
             address, rest = get_angle_addr(arg)
