@@ -31,7 +31,7 @@ from django.db import close_old_connections, connections, reset_queries
 
 from smtpgateway.auth import Outcome
 from smtpgateway.checks import AuthJob, Checker, PendingFailures
-from smtpgateway.commits import Job, RecordsJob, StoreJob, process
+from smtpgateway.commits import Job, LastUsedWrites, RecordsJob, StoreJob, process
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ Pending = tuple[Any, asyncio.AbstractEventLoop | None, asyncio.Future[Any] | Non
 class DatabaseWorker:
     def __init__(self, committers: int, auth_cache_seconds: float) -> None:
         self.pending_failures = PendingFailures()
+        self._last_used = LastUsedWrites()
         self._checker = Checker(auth_cache_seconds, self.pending_failures)
         self._checks: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._commits: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -172,7 +173,7 @@ class DatabaseWorker:
 
     def _commit_batch(self, batch: list[Pending]) -> None:
         try:
-            results = process([job for job, _, _ in batch], self.pending_failures)
+            results = process([job for job, _, _ in batch], self.pending_failures, self._last_used)
         except Exception as error:  # a bug: every waiting session gets a 4xx, none hangs
             log.exception("A batch of %d database jobs failed", len(batch))
             results = [error] * len(batch)

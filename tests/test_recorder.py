@@ -1,4 +1,5 @@
-"""The AuthAttempt recorder's backlog, against the real database."""
+"""The AuthAttempt recorder's backlog, and the commit's ``last_used_at``, against
+the real database."""
 
 from __future__ import annotations
 
@@ -6,8 +7,13 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
+from apikeys.models import ApiKey
 from smtpgateway.auth import Peer
+from smtpgateway.checks import PendingFailures
+from smtpgateway.commits import LAST_USED_RESOLUTION, LastUsedWrites, RecordsJob, process
 from smtpgateway.models import AuthAttempt
 from smtpgateway.reasons import Reason
 from smtpgateway.recorder import AttemptRecord, AttemptRecorder
@@ -49,3 +55,39 @@ def test_restore_puts_records_back_in_order_within_the_bound() -> None:
     recorder.keep(record(4))
     recorder.restore([record(1), record(2), record(3)])  # one too many: the oldest goes
     assert [r.session_id for r in recorder.drain()] == ["s2", "s3", "s4"]
+
+
+def success(key: ApiKey, when: datetime) -> RecordsJob:
+    return RecordsJob(
+        (AttemptRecord.build(peer=Peer("s", "192.0.2.1", 1), when=when, mechanism="PLAIN", username=b"inb_x", reason=Reason.OK, api_key_id=key.pk),)
+    )
+
+
+def test_last_used_at_written_by_another_process_is_left_alone(scenarios: None) -> None:
+    """Each process remembers only its own writes; the UPDATE's condition keeps a
+    second process (here: a second LastUsedWrites) from rewriting a fresh time."""
+    key = ApiKey.objects.get(prefix="am_validke")
+    process([success(key, T0)], PendingFailures(), LastUsedWrites())
+    key.refresh_from_db()
+    assert key.last_used_at == T0
+    within = T0 + LAST_USED_RESOLUTION / 2
+    process([success(key, within)], PendingFailures(), LastUsedWrites())
+    key.refresh_from_db()
+    assert key.last_used_at == T0
+    later = T0 + LAST_USED_RESOLUTION
+    process([success(key, later)], PendingFailures(), LastUsedWrites())
+    key.refresh_from_db()
+    assert key.last_used_at == later
+
+
+def test_a_key_written_within_the_second_costs_no_statement(scenarios: None) -> None:
+    key = ApiKey.objects.get(prefix="am_validke")
+    writes = LastUsedWrites()
+    process([success(key, T0)], PendingFailures(), writes)
+    with CaptureQueriesContext(connection) as queries:
+        process([success(key, T0 + LAST_USED_RESOLUTION / 2)], PendingFailures(), writes)
+        process([success(key, T0 + LAST_USED_RESOLUTION)], PendingFailures(), writes)
+    updates = [query["sql"] for query in queries if "apikeys_apikey" in query["sql"]]
+    assert len(updates) == 1 and updates[0].startswith("UPDATE")
+    key.refresh_from_db()
+    assert key.last_used_at == T0 + LAST_USED_RESOLUTION

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from apikeys.models import ApiKey
 from inboxes.models import Inbox
+from smtpgateway.commits import LAST_USED_RESOLUTION
 from smtpgateway.models import AuthAttempt
 from tests.helpers import SCENARIOS, VALID_KEY, LiveGateway, Scenario, auth
 
@@ -50,6 +53,25 @@ def test_success_updates_last_used_at(gateway: LiveGateway) -> None:
     key.refresh_from_db()
     attempt = AuthAttempt.objects.get()
     assert key.last_used_at == attempt.created_at
+
+
+def test_last_used_at_is_kept_to_the_second(gateway: LiveGateway) -> None:
+    """A key in use is written about once a second, not by every commit."""
+    key = ApiKey.objects.get(prefix=VALID_KEY[:10])
+    for _ in range(2):  # two commits, milliseconds apart: the second writes nothing
+        with gateway.smtp() as client:
+            auth(client, "PLAIN", "inb_valid1234567890", VALID_KEY)
+        gateway.settle()
+    first, second = AuthAttempt.objects.order_by("created_at")
+    key.refresh_from_db()
+    assert second.created_at - first.created_at < LAST_USED_RESOLUTION
+    assert key.last_used_at == first.created_at
+    time.sleep(LAST_USED_RESOLUTION.total_seconds())
+    with gateway.smtp() as client:
+        auth(client, "PLAIN", "inb_valid1234567890", VALID_KEY)
+    gateway.settle()
+    key.refresh_from_db()
+    assert key.last_used_at == AuthAttempt.objects.latest("created_at").created_at
 
 
 def test_suspended_inbox_is_refused(gateway: LiveGateway) -> None:
