@@ -77,6 +77,7 @@ def auth_reply(reason: Reason) -> str:
 SENDER_OK = "250 2.1.0 Sender OK"
 SENDER_NOT_OWNED = "553 5.7.1 Sender address not allowed for this inbox"
 RECIPIENT_OK = "250 2.1.5 Recipient OK"
+RECIPIENT_WITHOUT_DOMAIN = "553 5.1.3 Recipient address must name a domain"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 MESSAGE_TOO_LARGE = "552 5.2.3 Message too large"
 NEED_RCPT = "503 5.5.1 Error: need RCPT command"

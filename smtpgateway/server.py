@@ -78,6 +78,11 @@ class GatewayHandler:
     ) -> str:
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
+        # The parser takes a bare local part ("<postmaster>", an unterminated
+        # '<"x'); a submitted message for it could never be delivered anywhere.
+        local_part, at, domain = address.rpartition("@")
+        if not (local_part and at and domain):
+            return replies.RECIPIENT_WITHOUT_DOMAIN
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK

@@ -196,6 +196,14 @@ class Wire:
         self.sock.close()
 
 
+def authenticated_wire(gateway: LiveGateway) -> Wire:
+    """A raw session after EHLO and a successful AUTH PLAIN as the valid inbox."""
+    wire = gateway.wire()
+    wire.command("EHLO tester.example")
+    assert wire.command("AUTH PLAIN " + b64(f"\0{VALID_INBOX}\0{VALID_KEY}")).startswith("235 ")
+    return wire
+
+
 def database_url() -> str:
     """DATABASE_URL for a subprocess that must use this test run's database."""
     from django.db import connection

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from inboxes.models import Message
 from smtpgateway.addresses import parse_path, parse_path_by_stdlib
-from tests.helpers import VALID_EMAIL, VALID_INBOX, VALID_KEY, LiveGateway, b64
+from tests.helpers import VALID_EMAIL, LiveGateway, authenticated_wire
 
 
 EXAMPLES = [
@@ -82,9 +82,7 @@ def test_same_as_the_parser_on_address_shaped_input(local: str, domain: str, res
 
 
 def test_a_live_session_stores_the_addresses_as_sent(gateway: LiveGateway) -> None:
-    wire = gateway.wire()
-    wire.command("EHLO tester.example")
-    assert wire.command("AUTH PLAIN " + b64(f"\0{VALID_INBOX}\0{VALID_KEY}")).startswith("235 ")
+    wire = authenticated_wire(gateway)
     assert wire.command(f"MAIL FROM:<{VALID_EMAIL}> SIZE=100") == "250 2.1.0 Sender OK"
     for recipient in ("<first.last+tag@example.com>", '<"two words"@example.com>', "<a@[192.0.2.1]>"):
         assert wire.command(f"RCPT TO:{recipient}") == "250 2.1.5 Recipient OK"
@@ -100,10 +98,16 @@ def test_a_live_session_stores_the_addresses_as_sent(gateway: LiveGateway) -> No
 def test_an_address_cut_short_is_a_syntax_error(gateway: LiveGateway, truncated: str) -> None:
     """The stdlib parser raises IndexError or AttributeError on these; they used to
     reach the client as 451 internal error, with a traceback in the log."""
-    wire = gateway.wire()
-    wire.command("EHLO tester.example")
-    assert wire.command("AUTH PLAIN " + b64(f"\0{VALID_INBOX}\0{VALID_KEY}")).startswith("235 ")
+    wire = authenticated_wire(gateway)
     assert wire.command(f"MAIL FROM:{truncated}") == "553 5.1.3 Error: malformed address"
     assert wire.command(f"MAIL FROM:<{VALID_EMAIL}>") == "250 2.1.0 Sender OK"
     assert wire.command(f"RCPT TO:{truncated}") == "553 5.1.3 Error: malformed address"
     assert wire.command("NOOP") == "250 2.0.0 OK"
+
+
+@pytest.mark.parametrize("recipient", ["<postmaster>", "<someone>", '<"x"'])
+def test_a_recipient_without_a_domain_is_refused(gateway: LiveGateway, recipient: str) -> None:
+    wire = authenticated_wire(gateway)
+    assert wire.command(f"MAIL FROM:<{VALID_EMAIL}>") == "250 2.1.0 Sender OK"
+    assert wire.command(f"RCPT TO:{recipient}") == "553 5.1.3 Recipient address must name a domain"
+    assert wire.command("RCPT TO:<a@example.com>") == "250 2.1.5 Recipient OK"

@@ -8,14 +8,7 @@ from email.message import EmailMessage
 import pytest
 
 from inboxes.models import Message
-from tests.helpers import VALID_EMAIL, VALID_INBOX, VALID_KEY, LiveGateway, Wire, auth, b64
-
-
-def authenticated_wire(gateway: LiveGateway) -> Wire:
-    wire = gateway.wire()
-    wire.command("EHLO tester.example")
-    assert wire.command("AUTH PLAIN " + b64(f"\0{VALID_INBOX}\0{VALID_KEY}")).startswith("235 ")
-    return wire
+from tests.helpers import VALID_EMAIL, VALID_INBOX, VALID_KEY, LiveGateway, auth, authenticated_wire
 
 
 def sample_message(subject: str = "Hello from an agent", body: str = "Hi there.\n") -> EmailMessage:
