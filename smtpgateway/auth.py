@@ -158,13 +158,15 @@ def _failures_queryset(asked: FailuresAsked) -> QuerySet[AuthAttempt, tuple[str,
     )
 
 
+_CREATED_AT = AuthAttempt._meta.get_field("created_at")
+_REMOTE_ADDR = AuthAttempt._meta.get_field("remote_addr")
+
+
 def _failures_params(asked: FailuresAsked, connection: Any) -> list[Any]:
     addresses, since = asked
-    created_at = AuthAttempt._meta.get_field("created_at")
-    remote_addr = AuthAttempt._meta.get_field("remote_addr")
     return [
-        created_at.get_db_prep_value(since, connection),
-        *(remote_addr.get_db_prep_value(address, connection) for address in addresses),
+        _CREATED_AT.get_db_prep_value(since, connection),
+        *(_REMOTE_ADDR.get_db_prep_value(address, connection) for address in addresses),
     ]
 
 

@@ -93,8 +93,10 @@ class LastUsedWrites:
         }
 
     def written(self, due: dict[int, datetime]) -> None:
-        """After the commit that wrote them."""
-        self._written.update(due)
+        """After the commit that wrote them, all with the newest time (as
+        :func:`_write_last_used` does)."""
+        if due:
+            self._written.update(dict.fromkeys(due, max(due.values())))
 
 
 def process(jobs: list[Job], pending: PendingFailures, last_used: LastUsedWrites) -> list[Result]:
