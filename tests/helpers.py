@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 from smtpgateway.server import GatewayConfig, GatewayServer
 
@@ -74,14 +74,14 @@ def secret_markers(keys: tuple[str, ...] | list[str]) -> set[str]:
 class LiveGateway:
     """The real GatewayServer on its own event loop in a thread, on a free port."""
 
-    def __init__(self, **overrides: Any) -> None:
+    def __init__(self, loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop, **overrides: Any) -> None:
         # Independent of the developer's .env: no TLS and plaintext AUTH unless
         # asked, and failures answered at once (the delay has tests of its own).
         pinned: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "auth_require_tls": False}
         pinned |= {"tls_port": None, "tls_cert_file": None, "tls_key_file": None}
         pinned |= {"auth_failure_delay": 0.0, "throttle_exempt": ()}
         self.config = replace(GatewayConfig.from_settings(), **(pinned | overrides))
-        self.loop = asyncio.new_event_loop()
+        self.loop = loop_factory()
         self.server = GatewayServer(self.config)
         self._ready = threading.Event()
         self._error: BaseException | None = None
