@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from email.headerregistry import BaseHeader, HeaderRegistry
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from email.utils import format_datetime
@@ -19,7 +20,30 @@ from inboxes.models import Message
 from smtpgateway.store import NewMessage
 
 _HEADER_LIMIT = 998  # RFC 5322 line length; longer values are cut for display
-_header_parser = BytesHeaderParser(policy=default_policy)
+
+
+class _HeaderClasses(HeaderRegistry):
+    """The stdlib's header registry, with each header class made once.
+
+    ``HeaderRegistry`` builds a new class on every lookup, so every header read
+    cost a class creation, and left a reference cycle (a class and its MRO) for the
+    garbage collector: 78 instead of 44 µs to read a message's Subject and
+    Message-ID. Made per kind of header (about 20), not per name, so that a client
+    inventing header names cannot grow this."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[type, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        kind = self.registry.get(name.lower(), self.default_class)
+        made = self._made.get(kind)
+        if made is None:  # two threads racing here each make a correct class
+            made = self._made[kind] = type("_" + kind.__name__, (kind, self.base_class), {})
+        return made
+
+
+_header_parser = BytesHeaderParser(policy=default_policy.clone(header_factory=_HeaderClasses()))
 
 
 @dataclass(frozen=True, slots=True)
