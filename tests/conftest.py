@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.management import call_command
 
+from smtpgateway.tls import write_self_signed
 from tests.helpers import DEMO_KEYS, LiveGateway, secret_markers
 
 
@@ -87,3 +89,11 @@ def gateway_factory(transactional_db: None, leak_guard: None, caplog: pytest.Log
 def gateway(gateway_factory: Any, scenarios: None) -> LiveGateway:
     """A gateway with the demo data, on a free loopback port."""
     return gateway_factory()
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for mail.test and 127.0.0.1: (cert file, key file)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    write_self_signed(cert, key, "mail.test")
+    return cert, key

@@ -26,7 +26,6 @@ import uvloop
 from aiosmtpd.smtp import Envelope
 
 from smtpgateway.protocol import GatewaySession, GatewaySMTP
-from smtpgateway.tls import write_self_signed
 from tests.helpers import UNKNOWN_KEY, VALID_EMAIL, VALID_INBOX, VALID_KEY, LiveGateway, auth, eventually
 from tests.test_vanishing import swarm
 
@@ -52,13 +51,6 @@ def left_to_the_collector(sessions: Callable[[], None], gateway: LiveGateway) ->
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    write_self_signed(cert, key, "mail.test")
-    return cert, key
 
 
 @pytest.mark.parametrize("loop_factory", LOOPS)

@@ -7,6 +7,7 @@ import asyncio
 import signal
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -82,16 +83,13 @@ def test_signal_drains_and_exits_zero(scenarios: None, leak_guard: None, signum:
     assert Message.objects.get().subject == "in flight"
 
 
-def test_silent_tls_client_does_not_hold_shutdown(gateway_factory: Any, scenarios: None, tmp_path: Any) -> None:
+def test_silent_tls_client_does_not_hold_shutdown(gateway_factory: Any, scenarios: None, certificate: tuple[Path, Path]) -> None:
     """An idle TLS client that never answers the server's close_notify: stop() must
     not wait for it (asyncio would, for up to 30 s) when nothing is busy."""
     import smtplib
     import ssl
 
-    from smtpgateway.tls import write_self_signed
-
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    write_self_signed(cert, key, "mail.test")
+    cert, key = certificate
     gateway = gateway_factory(tls_cert_file=cert, tls_key_file=key, tls_port=0, shutdown_grace=20)
     silent = smtplib.SMTP_SSL("127.0.0.1", gateway.tls_port, context=ssl.create_default_context(cafile=str(cert)), timeout=30)
     silent.ehlo("silent.example")  # then never reads again

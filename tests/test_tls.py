@@ -24,13 +24,6 @@ from tests.test_commands import RunSmtp
 
 
 @pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    write_self_signed(cert, key, "mail.test")
-    return cert, key
-
-
-@pytest.fixture
 def client_context(certificate: tuple[Path, Path]) -> ssl.SSLContext:
     """A client that verifies the gateway's certificate (127.0.0.1 is in its SANs)."""
     return ssl.create_default_context(cafile=str(certificate[0]))

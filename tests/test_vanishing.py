@@ -19,7 +19,6 @@ import pytest
 
 from inboxes.models import Message
 from smtpgateway.models import AuthAttempt
-from smtpgateway.tls import write_self_signed
 from tests.helpers import VALID_EMAIL, VALID_INBOX, VALID_KEY, LiveGateway, b64
 from tests.test_commands import RunSmtp
 
@@ -113,13 +112,6 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-@pytest.fixture
-def tls_files(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    write_self_signed(cert, key, "mail.test")
-    return cert, key
-
-
 def loop_state(gateway: LiveGateway) -> tuple[int, int, int]:
     async def probe() -> tuple[int, int, int]:
         return len(asyncio.all_tasks()) - 1, len(gateway.server.sessions), gateway.server.handler.connections.total
@@ -138,9 +130,9 @@ def wait_until_quiet(gateway: LiveGateway, baseline: tuple[int, int, int]) -> tu
 
 @pytest.mark.parametrize("sessions", [pytest.param(600, id="600"), pytest.param(6000, id="6000", marks=pytest.mark.slow)])
 def test_vanishing_clients_leave_nothing_behind(
-    gateway_factory: Any, scenarios: None, tls_files: tuple[Path, Path], sessions: int
+    gateway_factory: Any, scenarios: None, certificate: tuple[Path, Path], sessions: int
 ) -> None:
-    cert, key = tls_files
+    cert, key = certificate
     gateway = gateway_factory(
         tls_cert_file=cert, tls_key_file=key, tls_port=0, throttle_exempt=(ipaddress.ip_network("127.0.0.0/8"),)
     )
