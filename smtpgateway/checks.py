@@ -157,6 +157,12 @@ class Checker:
         self.inboxes: FactsCache[str, InboxFacts] = FactsCache(cache_seconds)
         self.pending = pending
 
+    def warm_up(self) -> None:
+        """Connect and run each read once, with values that match nothing (so
+        nothing is cached and nothing recorded)."""
+        recent_failures({"0.0.0.0"}, timezone.now())
+        fetch_facts({keys.digest_key("")}, {""})
+
     def check_batch(self, jobs: list[AuthJob]) -> CheckedBatch:
         """Decide every job; never raises for the database: if it cannot be read,
         every attempt is a TEMPORARY_FAILURE (and still recorded)."""

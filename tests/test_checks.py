@@ -121,3 +121,13 @@ def test_a_failure_committed_during_the_count_is_not_missed(scenarios: None) -> 
     pending.uncommitted = list(first.records)
     second = checker.check_batch([AuthJob(Peer("s2", "192.0.2.8", 2), "PLAIN", VALID_INBOX.encode(), UNKNOWN_KEY.encode(), limit_one)])
     assert second.outcomes[0].reason is Reason.RATE_LIMITED
+
+
+def test_warming_up_reads_but_neither_caches_nor_records(scenarios: None) -> None:
+    """What the checker thread runs at start, before any client: both reads, with
+    values that match nothing, so no entry is cached and no attempt recorded."""
+    checker = Checker(cache_seconds=1.0, pending=PendingFailures())
+    checker.warm_up()
+    assert len(checker.keys) == 0 and len(checker.inboxes) == 0
+    assert len(checker.pending) == 0
+    assert AuthAttempt.objects.count() == 0
