@@ -175,6 +175,25 @@ class Server:
             self.process.kill()
 
 
+# A fixed piece of pure Python (objects, a dict, a sort), timed on the server's CPU: on this VM the same
+# code can need 30-50% more CPU time for a stretch of minutes (every cell of one
+# server slower, CPU per session up by as much), and this says when that was so.
+SPEED_PROBE = (
+    "import statistics, time\n"
+    "def once():\n"
+    "    started = time.perf_counter()\n"
+    "    sorted({i: str(i * 7919 % 100_003) for i in range(100_000)}.values())\n"
+    "    return time.perf_counter() - started\n"
+    "print(statistics.median(once() for _ in range(9)) * 1000)"
+)
+
+
+def speed_probe() -> float:
+    """Milliseconds for the probe on the server's CPU (median of nine; higher is slower)."""
+    output = subprocess.run(pinned(SERVER_CPU, [sys.executable, "-c", SPEED_PROBE]), capture_output=True, text=True, check=True)
+    return float(output.stdout)
+
+
 def run_cell(server: Server, scenario: Scenario, concurrency: int, seconds: float) -> dict[str, float]:
     payload = base64.b64encode(f"\0{INBOX}\0{scenario.password}".encode()).decode()
     cpu_before = server.cpu_seconds()
@@ -269,7 +288,14 @@ def scaling_profile(command: list[str], env: dict[str, str], seconds: float) -> 
     return rates
 
 
-def render(results: dict[str, dict], memory: dict[str, dict], paired: dict[tuple[str, int], dict[str, float]], seconds: float, concurrencies: list[int]) -> str:
+def render(
+    results: dict[str, dict],
+    memory: dict[str, dict],
+    paired: dict[tuple[str, int], dict[str, float]],
+    speeds: dict[str, list[float]],
+    seconds: float,
+    concurrencies: list[int],
+) -> str:
     reference = results["reference"]
     lines = [
         "# Benchmarks",
@@ -284,6 +310,10 @@ def render(results: dict[str, dict], memory: dict[str, dict], paired: dict[tuple
         "no TLS and connection limits raised. Clients come from random 127.x.y.z addresses.",
         "",
         "Ratio = our sessions/s ÷ the reference's in the same cell.",
+        "",
+        "Speed probe, the same pure-Python loop on the server's CPU before and after each server's cells "
+        "(ms, higher = a slower machine at that time): "
+        + "; ".join(f"{label} {before:.1f} / {after:.1f}" for label, (before, after) in speeds.items()) + ".",
         "",
     ]
     for scenario in SCENARIOS:
@@ -389,8 +419,10 @@ def main() -> None:
     results: dict[str, dict] = {}
     memory: dict[str, dict] = {}
     paired: dict[tuple[str, int], dict[str, float]] = {}
+    speeds: dict[str, list[float]] = {}
     paired_concurrencies, paired_rounds = ([64], 1) if args.quick else (PAIRED_CONCURRENCY, PAIRED_ROUNDS)
     for label, command, env in servers:
+        speeds[label] = [speed_probe()]
         server = Server(label, command, env)
         try:
             cells = results.setdefault(label, {})
@@ -407,6 +439,8 @@ def main() -> None:
                       f"({pair['low']:.2f}-{pair['high']:.2f})  cpu {pair['cpu']:.2f}  errors {pair['errors']:.0f}", flush=True)
         finally:
             server.stop()
+        speeds[label].append(speed_probe())
+        print(f"{label:17} speed probe before/after its cells: {speeds[label][0]:.1f} / {speeds[label][1]:.1f} ms", flush=True)
         fresh = Server(label, command, env)  # memory on a fresh process
         try:
             memory[label] = memory_profile(fresh)
@@ -416,7 +450,7 @@ def main() -> None:
     global SCALING
     label, command, env = servers[-1]  # PostgreSQL when there is one: SQLite has one writer
     SCALING = (label, scaling_profile(command, env or {}, seconds))
-    report = render(results, memory, paired, seconds, concurrencies)
+    report = render(results, memory, paired, speeds, seconds, concurrencies)
     # A quick run is a smoke test: it must not replace the published results.
     docs = BUILD if args.quick else ROOT / "docs"
     docs.mkdir(exist_ok=True)
