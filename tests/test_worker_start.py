@@ -4,13 +4,15 @@ first AUTHs after every start or deploy would otherwise wait for."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Callable
 
-from django.db import connection
+import pytest
+from django.db import OperationalError, connection
 
-from smtpgateway.worker import DatabaseWorker
+from smtpgateway.worker import DatabaseWorker, _warm
 
 COMMITTERS = 2
 
@@ -58,3 +60,17 @@ def test_every_thread_connects_before_any_job(transactional_db: None) -> None:
     finally:
         worker.shutdown()
     assert count() == before  # and each thread closes its own on shutdown
+
+
+def test_a_database_not_there_at_start_is_logged_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
+    """The threads start anyway: each batch connects again, as after a lost
+    connection (tests/test_database_faults.py covers the batches themselves)."""
+
+    def refused() -> None:
+        raise OperationalError("connection refused")
+
+    with caplog.at_level(logging.WARNING, logger="smtpgateway.worker"):
+        _warm(refused)
+    assert [record.getMessage() for record in caplog.records] == [
+        "Database not reachable at start (OperationalError): the first batch will try again"
+    ]
