@@ -14,7 +14,9 @@ sessions share each query and each commit.
   commit.
 
 Reads and writes on separate connections: an AUTH reply never waits behind a
-commit, an fsync or a WAL checkpoint.
+commit, an fsync or a WAL checkpoint. Each thread connects as it starts (the
+checker also runs its reads once), so the first clients after a start do not
+wait for that.
 """
 
 from __future__ import annotations
@@ -202,6 +204,8 @@ def _warm(warm_up: Callable[[], None]) -> None:
         warm_up()
     except DatabaseError as error:
         log.warning("Database not reachable at start (%s): the first batch will try again", type(error).__name__)
+    except Exception:  # a bug: logged, and the thread serves on (dead, it would hang every session)
+        log.exception("Warming up the database connection failed")
 
 
 def _take_batch(jobs: queue.SimpleQueue[Any], linger: float = 0.0) -> tuple[list[Pending], bool]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 from django.db import OperationalError, connection
@@ -62,15 +62,40 @@ def test_every_thread_connects_before_any_job(transactional_db: None) -> None:
     assert count() == before  # and each thread closes its own on shutdown
 
 
-def test_a_database_not_there_at_start_is_logged_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.fixture
+def worker_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """What the worker logs, kept from the process's own log handler (which
+    writes from a thread of its own, after the test's output is captured)."""
+    logger = logging.getLogger("smtpgateway.worker")
+    logger.addHandler(caplog.handler)
+    logger.propagate = False
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)
+        logger.propagate = True
+
+
+def test_a_database_not_there_at_start_is_logged_not_fatal(worker_log: pytest.LogCaptureFixture) -> None:
     """The threads start anyway: each batch connects again, as after a lost
     connection (tests/test_database_faults.py covers the batches themselves)."""
 
     def refused() -> None:
         raise OperationalError("connection refused")
 
-    with caplog.at_level(logging.WARNING, logger="smtpgateway.worker"):
-        _warm(refused)
-    assert [record.getMessage() for record in caplog.records] == [
+    _warm(refused)
+    assert [record.getMessage() for record in worker_log.records] == [
         "Database not reachable at start (OperationalError): the first batch will try again"
     ]
+
+
+def test_a_failing_warm_up_does_not_end_the_thread(worker_log: pytest.LogCaptureFixture) -> None:
+    """Whatever goes wrong while warming up is logged, and the thread goes on to
+    serve its queue: a thread that died there would leave every session waiting."""
+
+    def broken() -> None:
+        raise RuntimeError("a bug")
+
+    _warm(broken)
+    assert [(record.levelname, record.getMessage()) for record in worker_log.records] == [("ERROR", "Warming up the database connection failed")]
+    assert worker_log.records[0].exc_info is not None
