@@ -48,18 +48,36 @@ def open_connections() -> Callable[[], int]:
     return count_backends
 
 
+def reaches(count: Callable[[], int], expected: int, timeout: float = 10.0) -> int:
+    """``count()`` once it equals ``expected``, or its last value after ``timeout``
+    (a PostgreSQL backend stays listed for a moment after its client left)."""
+    deadline = time.monotonic() + timeout
+    while (value := count()) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
+
+def steady(count: Callable[[], int]) -> int:
+    """``count()`` once two readings 0.3 s apart agree: backends of earlier tests'
+    connections may still be leaving."""
+    previous = count()
+    for _ in range(50):
+        time.sleep(0.3)
+        if (value := count()) == previous:
+            return value
+        previous = value
+    return previous
+
+
 def test_every_thread_connects_before_any_job(transactional_db: None) -> None:
     count = open_connections()
-    before = count()
+    before = steady(count)
     worker = DatabaseWorker(committers=COMMITTERS, auth_cache_seconds=1.0)
     try:
-        deadline = time.monotonic() + 10
-        while count() < before + 1 + COMMITTERS and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert count() == before + 1 + COMMITTERS  # the checker and each committer
+        assert reaches(count, before + 1 + COMMITTERS) == before + 1 + COMMITTERS  # the checker and each committer
     finally:
         worker.shutdown()
-    assert count() == before  # and each thread closes its own on shutdown
+    assert reaches(count, before) == before  # and each thread closes its own on shutdown
 
 
 @pytest.fixture
