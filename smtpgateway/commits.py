@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Union
+from typing import Iterable, Union
 
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Q
@@ -92,11 +92,9 @@ class LastUsedWrites:
             if (written := self._written.get(key_id)) is None or used - written >= LAST_USED_RESOLUTION
         }
 
-    def written(self, due: dict[int, datetime]) -> None:
-        """After the commit that wrote them, all with the newest time (as
-        :func:`_write_last_used` does)."""
-        if due:
-            self._written.update(dict.fromkeys(due, max(due.values())))
+    def written(self, keys: Iterable[int], newest: datetime) -> None:
+        """After the commit that wrote them, all with the batch's newest time."""
+        self._written.update(dict.fromkeys(keys, newest))
 
 
 def process(jobs: list[Job], pending: PendingFailures, last_used: LastUsedWrites) -> list[Result]:
@@ -131,30 +129,32 @@ def _commit_batch(jobs: list[Job], pending: PendingFailures, last_used: LastUsed
 
     kept = recorder.drain()  # written first, in this transaction; put back if it fails
     due = last_used.due([record for record in records if record.success])
+    # One time for all of them: uses in one commit are milliseconds apart.
+    newest = max(due.values(), default=None)
     try:
         with transaction.atomic():
             if kept or records:
                 insert_attempts(kept + records)
-            if due:
-                _write_last_used(due)
+            if newest is not None:
+                _write_last_used(due.keys(), newest)
             if messages:
                 insert_messages(messages)
     except BaseException:
         recorder.restore(kept)
         raise
-    last_used.written(due)
+    if newest is not None:
+        last_used.written(due.keys(), newest)
     pending.forget(kept + records)
     if kept:
         log.info("Wrote %d kept AuthAttempt records", len(kept))
     return results
 
 
-def _write_last_used(due: dict[int, datetime]) -> None:
-    """One statement for the due keys, with the newest of their times (uses in
-    one commit are milliseconds apart). Rows already within the resolution of it
-    (written by another committer or gateway) are left alone, and not locked."""
-    newest = max(due.values())
-    ApiKey.objects.filter(Q(last_used_at__isnull=True) | Q(last_used_at__lte=newest - LAST_USED_RESOLUTION), pk__in=due).update(
+def _write_last_used(keys: Iterable[int], newest: datetime) -> None:
+    """One statement for the due keys. Rows already within the resolution of
+    ``newest`` (written by another committer or gateway) are left alone, and
+    not locked."""
+    ApiKey.objects.filter(Q(last_used_at__isnull=True) | Q(last_used_at__lte=newest - LAST_USED_RESOLUTION), pk__in=keys).update(
         last_used_at=newest
     )
 
