@@ -175,9 +175,10 @@ class Server:
             self.process.kill()
 
 
-# A fixed piece of pure Python (objects, a dict, a sort), timed on the server's CPU: on this VM the same
-# code can need 30-50% more CPU time for a stretch of minutes (every cell of one
-# server slower, CPU per session up by as much), and this says when that was so.
+# A fixed piece of pure Python (objects, a dict, a sort), timed on the server's
+# CPU: on this VM the same code can need 30-50% more CPU time for a stretch of
+# minutes (every cell of one server slower, CPU per session up by as much), and
+# this says when that was so.
 SPEED_PROBE = (
     "import statistics, time\n"
     "def once():\n"
