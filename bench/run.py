@@ -213,6 +213,8 @@ def run_cell(server: Server, scenario: Scenario, concurrency: int, seconds: floa
         "p95": result["auth_p95_ms"],
         "p99": result["auth_p99_ms"],
         "p99_settled": result["auth_p99_settled_ms"],
+        "greeting_p50": result["greeting_p50_ms"],
+        "greeting_p99": result["greeting_p99_ms"],
         "errors": result["errors"],
     }
 
@@ -340,6 +342,20 @@ def render(
     for label, cells in results.items():
         row = [cells.get((scenario.name, top)) for scenario in SCENARIOS]
         lines.append(f"| {label} | " + " | ".join(f"{cell['p99']:.1f} | {cell['p99_settled']:.1f}" if cell else "- | -" for cell in row) + " |")
+    lines.append("")
+    lines += [f"## Where a session waits at {top} connections", "",
+              f"Each of the {top} connections runs sessions back to back, so a session lasts {top} ÷ sessions/s on average, "
+              "however fast the server; the server's scheduling decides in which step that time is spent. Here it is next to "
+              "two of the steps: the wait for the greeting (connect → 220, before the server has started on the session) "
+              "and the AUTH step. An AUTH latency below the reference's can come with a longer wait for the greeting.", "",
+              "| server | scenario | session ms (mean) | greeting p50 ms | greeting p99 | AUTH p50 ms | AUTH p99 |",
+              "|---|---|---:|---:|---:|---:|---:|"]
+    for label, cells in results.items():
+        for scenario in SCENARIOS[:3]:
+            cell = cells.get((scenario.name, top))
+            if cell:
+                lines.append(f"| {label} | {scenario.title[:3]} | {top * 1000 / max(cell['rate'], 1e-9):.0f} | {cell['greeting_p50']:.1f} | "
+                             f"{cell['greeting_p99']:.1f} | {cell['p50']:.1f} | {cell['p99']:.1f} |")
     lines.append("")
     if paired:
         rounds = max(int(pair["rounds"]) for pair in paired.values())
