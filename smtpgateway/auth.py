@@ -155,8 +155,11 @@ def _padded(addresses: set[str]) -> tuple[str, ...]:
     IN lists, ``in_clause_parameter_padding``, for the same reason. Padding by
     repeating an address would not do: the ORM drops repeats from an IN list.)"""
     listed = tuple(addresses)
-    padding = (1 << (len(listed) - 1).bit_length()) - len(listed)
-    return listed + tuple(f"0.0.{number >> 8}.{number & 255}" for number in range(padding))
+    return listed + _PADDING[: (1 << (len(listed) - 1).bit_length()) - len(listed)]
+
+
+# Made once, not per batch: a list of n addresses needs fewer than n of them.
+_PADDING = tuple(f"0.0.{number >> 8}.{number & 255}" for number in range(256))
 
 
 # (addresses, since): compiled once per number of addresses (smtpgateway.compiled).
