@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -43,6 +44,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "var" / "bench"
@@ -50,7 +52,8 @@ LOADGEN = BUILD / "smtpload"
 INBOX, KEY, WRONG_KEY = "inb_valid1234567890", "am_validkey12345678901234567890123456", "am_doesnotexist0123456789012345678901"
 TWO_CPUS = (os.cpu_count() or 1) >= 2
 SERVER_CPU, CLIENT_CPU = "0", "1"
-SCALING: tuple[str, dict[int, dict[str, float]]] | None = None
+SCALING: tuple[str, dict[str, Any]] | None = None
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -196,16 +199,19 @@ def speed_probe() -> float:
     return float(output.stdout)
 
 
-def run_cell(server: Server, scenario: Scenario, concurrency: int, seconds: float) -> dict[str, float]:
+def load(port: int, scenario: Scenario, concurrency: int, seconds: float, pin: bool = True) -> dict[str, Any]:
+    """One run of the load generator (its JSON line), on CLIENT_CPU if ``pin``."""
     payload = base64.b64encode(f"\0{INBOX}\0{scenario.password}".encode()).decode()
+    command = [str(LOADGEN), "127.0.0.1", str(port), str(concurrency), str(seconds), payload,
+               str(scenario.expect), str(scenario.messages), str(scenario.body), "1"]
+    output = subprocess.run(pinned(CLIENT_CPU, command) if pin else command, capture_output=True, text=True, check=True).stdout
+    return json.loads(output)
+
+
+def run_cell(server: Server, scenario: Scenario, concurrency: int, seconds: float) -> dict[str, float]:
     cpu_before = server.cpu_seconds()
-    output = subprocess.run(
-        pinned(CLIENT_CPU, [str(LOADGEN), "127.0.0.1", str(server.port), str(concurrency), str(seconds), payload,
-                            str(scenario.expect), str(scenario.messages), str(scenario.body), "1"]),
-        capture_output=True, text=True, check=True,
-    ).stdout
+    result = load(server.port, scenario, concurrency, seconds)
     cpu = server.cpu_seconds() - cpu_before
-    result = json.loads(output)
     sessions = max(result["sessions"], 1)
     return {
         "rate": result["sessions"] / result["elapsed"],
@@ -226,16 +232,26 @@ def paired_ratio(server: Server, base: Scenario, other: Scenario, concurrency: i
     cells measured a dozen seconds apart (as in the tables) can differ by more
     than the servers' paths do. Each round gives a ratio of two neighbouring
     cells; the median of the rounds is reported, with their range."""
-    rates: list[float] = []
-    cpus: list[float] = []
-    errors = 0.0
-    for round_number in range(rounds):
-        order = (base, other) if round_number % 2 == 0 else (other, base)
-        cells = {scenario.name: run_cell(server, scenario, concurrency, seconds) for scenario in order}
-        rates.append(cells[other.name]["rate"] / cells[base.name]["rate"])
-        cpus.append(cells[other.name]["cpu_ms"] / cells[base.name]["cpu_ms"])
-        errors += cells[other.name]["errors"] + cells[base.name]["errors"]
+    pairs = alternating(lambda: run_cell(server, base, concurrency, seconds), lambda: run_cell(server, other, concurrency, seconds), rounds)
+    rates = [b["rate"] / a["rate"] for a, b in pairs]
+    cpus = [b["cpu_ms"] / a["cpu_ms"] for a, b in pairs]
+    errors = sum(a["errors"] + b["errors"] for a, b in pairs)
     return {"rate": statistics.median(rates), "low": min(rates), "high": max(rates), "cpu": statistics.median(cpus), "errors": errors, "rounds": rounds}
+
+
+def alternating(measure_a: Callable[[], T], measure_b: Callable[[], T], rounds: int) -> list[tuple[T, T]]:
+    """``rounds`` pairs of measurements, in the order AB BA AB ..., so that neither
+    always runs first."""
+    pairs = []
+    for round_number in range(rounds):
+        if round_number % 2 == 0:
+            a = measure_a()
+            b = measure_b()
+        else:
+            b = measure_b()
+            a = measure_a()
+        pairs.append((a, b))
+    return pairs
 
 
 def memory_profile(server: Server) -> dict[str, float]:
@@ -271,47 +287,35 @@ def memory_profile(server: Server) -> dict[str, float]:
     }
 
 
-def scaling_profile(command: list[str], env: dict[str, str], seconds: float, rounds: int) -> dict[int, dict[str, float]]:
+def scaling_profile(command: list[str], env: dict[str, str], seconds: float, rounds: int) -> dict[str, Any]:
     """runsmtp --workers 1 and 2, successful AUTH at 256 connections, alternating
     on two servers started once, ``rounds`` cells each: one cell of each was not
     enough on this machine, where the split of two CPUs between the workers, the
     load generator and the database changes from cell to cell (one run measured
     1.0x, others 1.8-2.3x). Not pinned: they share the machine's CPUs."""
-    payload = base64.b64encode(f"\0{INBOX}\0{KEY}".encode()).decode()
-    servers: dict[int, tuple[int, subprocess.Popen[bytes]]] = {}
-    cells: dict[int, list[dict[str, float]]] = {1: [], 2: []}
+    ports = {workers: free_port() for workers in (1, 2)}
+    processes: list[subprocess.Popen[bytes]] = []
     try:
-        for workers in cells:
-            port = free_port()
-            servers[workers] = port, subprocess.Popen(
-                [*command, "--port", str(port), "--workers", str(workers)], cwd=ROOT, env={**os.environ, **env},
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
+        for workers, port in ports.items():
+            processes.append(subprocess.Popen([*command, "--port", str(port), "--workers", str(workers)], cwd=ROOT,
+                                              env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         time.sleep(6)  # every worker of both up
-        for round_number in range(rounds):
-            for workers in (1, 2) if round_number % 2 == 0 else (2, 1):
-                output = subprocess.run([str(LOADGEN), "127.0.0.1", str(servers[workers][0]), "256", str(seconds), payload, "235", "0", "0", "1"],
-                                        capture_output=True, text=True, check=True).stdout
-                result = json.loads(output)
-                cells[workers].append({"rate": result["sessions"] / result["elapsed"], "p99": result["auth_p99_ms"], "errors": result["errors"]})
+        pairs = alternating(*(functools.partial(load, ports[workers], SCENARIOS[0], 256, seconds, pin=False) for workers in (1, 2)), rounds)
     finally:
-        for _, process in servers.values():
+        for process in processes:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
-    ratios = [two["rate"] / one["rate"] for one, two in zip(cells[1], cells[2])]
+
+    def summary(runs: list[dict[str, Any]]) -> dict[str, float]:
+        rates = [run["sessions"] / run["elapsed"] for run in runs]
+        return {"rate": statistics.median(rates), "low": min(rates), "high": max(rates),
+                "p99": statistics.median(run["auth_p99_ms"] for run in runs), "errors": sum(run["errors"] for run in runs)}
+
+    ratios = [(two["sessions"] / two["elapsed"]) / (one["sessions"] / one["elapsed"]) for one, two in pairs]
     return {
-        workers: {
-            "rate": statistics.median(cell["rate"] for cell in runs),
-            "low": min(cell["rate"] for cell in runs),
-            "high": max(cell["rate"] for cell in runs),
-            "p99": statistics.median(cell["p99"] for cell in runs),
-            "errors": sum(cell["errors"] for cell in runs),
-            "cells": len(runs),
-            "ratio": statistics.median(ratios) if workers == 2 else 1.0,
-            "ratio_low": min(ratios) if workers == 2 else 1.0,
-            "ratio_high": max(ratios) if workers == 2 else 1.0,
-        }
-        for workers, runs in cells.items()
+        "workers": {1: summary([one for one, _ in pairs]), 2: summary([two for _, two in pairs])},
+        "ratio": (statistics.median(ratios), min(ratios), max(ratios)),
+        "rounds": rounds,
     }
 
 
@@ -399,12 +403,14 @@ def render(
             f"({mem['msg_peak_rise_mib'] / mem['msg_size_mib']:.1f}× the message) | {mem['before_msg_mib']:.1f} → {mem['after_msg_mib']:.1f} |"
         )
     if SCALING:
-        label, rates = SCALING
+        label, scaling = SCALING
+        ratio, ratio_low, ratio_high = scaling["ratio"]
         lines += ["", f"## runsmtp --workers ({label}, successful AUTH, 256 connections, not pinned)", "",
-                  f"Both servers run at once and take turns, {rates[1]['cells']} cell(s) of {seconds:g} s each; medians, with the range.", "",
-                  "| workers | sessions/s | range | ÷ one worker (range) | AUTH p99 ms | errors |", "|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {w} | {r['rate']:.0f} | {r['low']:.0f}–{r['high']:.0f} | {r['ratio']:.2f} ({r['ratio_low']:.2f}–{r['ratio_high']:.2f}) "
-                  f"| {r['p99']:.1f} | {r['errors']:.0f} |" for w, r in rates.items()]
+                  f"Both servers run at once and take turns, {scaling['rounds']} cell(s) of {seconds:g} s each; medians, with the range. "
+                  f"2 workers ÷ 1, cell by cell: {ratio:.2f} ({ratio_low:.2f}–{ratio_high:.2f}).", "",
+                  "| workers | sessions/s | range | AUTH p99 ms | errors |", "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {w} | {r['rate']:.0f} | {r['low']:.0f}–{r['high']:.0f} | {r['p99']:.1f} | {r['errors']:.0f} |"
+                  for w, r in scaling["workers"].items()]
         lines.append(f"\nWith {os.cpu_count()} CPUs shared by the workers, the load generator and the database, "
                      "this shows the direction, not the scaling a many-core host would give.")
     lines += ["", "![sessions/s and AUTH p99 per concurrency](benchmarks.png)", ""]

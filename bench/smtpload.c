@@ -15,9 +15,10 @@
  * Output (one line of JSON): sessions, errors, elapsed, and AUTH latency
  * percentiles in milliseconds; auth_p99_settled_ms is the p99 of the AUTHs sent
  * after the first SETTLE seconds; greeting_p50_ms and greeting_p99_ms time
- * connect() -> greeting read, the wait of a session that has not started yet. All connections open in the same millisecond,
- * so the first AUTHs wait while the server accepts and greets the others: at
- * 256 connections that opening burst alone can be 1-2% of a 3-second cell.
+ * connect() -> greeting read, the wait of a session not yet started.
+ * All connections open in the same millisecond, so the first AUTHs wait while
+ * the server accepts and greets the others: at 256 connections that opening
+ * burst alone can be 1-2% of a 3-second cell.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
