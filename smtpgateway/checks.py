@@ -160,7 +160,7 @@ class Checker:
     def warm_up(self) -> None:
         """Connect and run each read once, with values that match nothing (so
         nothing is cached and nothing recorded)."""
-        recent_failures({"0.0.0.0"}, timezone.now())
+        recent_failures({"0.0.0.0"}, timezone.now(), 1)
         fetch_facts({keys.digest_key("")}, {""})
 
     def check_batch(self, jobs: list[AuthJob]) -> CheckedBatch:
@@ -195,12 +195,13 @@ class Checker:
         if not limited:
             return {}
         since = now - max(job.rate_limit.window for job in limited)  # type: ignore[union-attr]
+        enough = max(job.rate_limit.failures for job in limited)  # type: ignore[union-attr]
         addresses = {job.peer.remote_addr for job in limited if job.peer.remote_addr}
         # Pending first, then the database: a failure committed (and forgotten) in
         # between is then in the database's answer; read the other way round, it
         # could be in neither.
         pending = self.pending.identities(addresses, since)
-        committed = recent_failures(addresses, since)
+        committed = recent_failures(addresses, since, enough)
         return {address: len(committed.get(address, set()) | pending.get(address, set())) for address in addresses}
 
     def _lookup(self, texts: list[tuple[str, str]]) -> Lookup:
