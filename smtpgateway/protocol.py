@@ -29,6 +29,7 @@ import re
 import secrets
 import ssl
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from aiosmtpd.proxy_protocol import get_proxy
@@ -89,7 +90,22 @@ class GatewaySession(Session):
     @property
     def remote_addr(self) -> str | None:
         """The client's address (after a PROXY header, the real client's)."""
-        return self.peer[0] if isinstance(self.peer, tuple) else None
+        return client_address(self.peer[0]) if isinstance(self.peer, tuple) else None
+
+
+def client_address(address: object) -> str | None:
+    """An address as the gateway records, counts and limits it: the IP address's
+    text without an IPv6 zone, or None if it is not an IP address.
+
+    A link-local client's socket address carries a zone ("fe80::7%eth0"), naming
+    an interface of this host rather than anything about the client; PostgreSQL's
+    inet refuses it, and one such record would fail its whole batch. A PROXY v2
+    header for a client on a UNIX socket gives a path (bytes), not an address."""
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        address = str(address)
+    if not isinstance(address, str):
+        return None
+    return address.partition("%")[0]
 
 
 @dataclass(slots=True)
@@ -182,7 +198,7 @@ class GatewaySMTP(SMTP):
         previous = self.session
         if previous is None:  # a new connection (not the STARTTLS upgrade)
             peername = transport.get_extra_info("peername")
-            address = peername[0] if isinstance(peername, tuple) else None
+            address = client_address(peername[0]) if isinstance(peername, tuple) else None
             refusal = self.event_handler.admission_refusal(address)
             if refusal is not None:
                 self._refused = True
@@ -320,21 +336,23 @@ class GatewaySMTP(SMTP):
             header = await get_proxy(self._reader)
         except (asyncio.IncompleteReadError, ConnectionError):
             header = None
-        if header is None or not header.valid or header.src_addr is None:
-            log.warning("Connection closed: no valid PROXY header (%s)", header.error if header else "client left")
+        address = client_address(header.src_addr) if header is not None and header.valid else None
+        if header is None or address is None:
+            problem = "client left" if header is None else header.error or "no client address (UNIX socket or LOCAL)"
+            log.warning("Connection closed: no valid PROXY header (%s)", problem)
             if self.transport is not None:
                 self.transport.close()
             return False
         session = self.gateway_session()
-        session.peer, session.proxy_data = (str(header.src_addr), header.src_port), header
+        session.peer, session.proxy_data = (address, header.src_port), header
         self._classify_client()
         registry = self.event_handler.connections
         registry.release(self._admitted)  # it was counted as the balancer's
-        self._counted = registry.admit(str(header.src_addr))
+        self._counted = registry.admit(address)
         if not self._counted:
             await self._close_with(replies.TOO_MANY_CONNECTIONS)
             return False
-        self._admitted = str(header.src_addr)
+        self._admitted = address
         self._reset_timeout()
         return True
 

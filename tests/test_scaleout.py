@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from smtpgateway.models import AuthAttempt
+from smtpgateway.protocol import client_address
 from tests.helpers import VALID_INBOX, VALID_KEY, LiveGateway, Wire, b64, free_port
 from tests.test_commands import RunSmtp
 
@@ -64,6 +65,40 @@ def test_connection_limits_count_the_real_client(gateway_factory: Any, scenarios
     assert first.greeting[0].startswith("220 ") and other.greeting[0].startswith("220 ")
     again = session_through_proxy(gateway.port, proxy_v1("198.51.100.1", 1001))
     assert again.greeting == ["421 4.7.0 Too many connections, try again later"]
+
+
+def proxy_v2_unix(source: bytes) -> bytes:
+    signature = b"\r\n\r\n\x00\r\nQUIT\n"
+    addresses = source.ljust(108, b"\0") + b"/run/gateway.sock".ljust(108, b"\0")
+    return signature + bytes([0x21, 0x31]) + struct.pack("!H", len(addresses)) + addresses
+
+
+def test_an_ipv6_zone_is_not_part_of_the_client_address() -> None:
+    """A link-local client's socket address carries a zone ("%eth0", an interface
+    of this host), which PostgreSQL's inet refuses: one such record had failed its
+    whole batch. Loopback has no link-local addresses, so this checks the function
+    both the socket's and the PROXY header's address go through."""
+    assert client_address("fe80::7%eth0") == "fe80::7"
+    assert client_address(ipaddress.ip_address("fe80::7%2")) == "fe80::7"
+    assert client_address("203.0.113.7") == "203.0.113.7"
+    assert client_address(ipaddress.IPv6Address("2001:db8::1")) == "2001:db8::1"
+    assert client_address(b"/run/haproxy/client.sock") is None
+
+
+def test_a_proxy_header_without_a_client_address_is_refused(gateway_factory: Any, scenarios: None) -> None:
+    """PROXY v2 for a client on a UNIX socket names a path, not an address: there is
+    nothing to record, rate-limit or count, so the connection is closed like one
+    with no header; the next client is served."""
+    gateway = gateway_factory(proxy_protocol=True)
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(proxy_v2_unix(b"/run/haproxy/client.sock") + b"EHLO unix.example\r\n")
+        assert sock.recv(100) == b""  # closed, no greeting
+    wire = session_through_proxy(gateway.port, proxy_v2("203.0.113.9", 40000))
+    wire.command("EHLO next.example")
+    assert wire.command(GOOD).startswith("235 ")
+    gateway.settle()
+    assert list(AuthAttempt.objects.values_list("remote_addr", flat=True)) == ["203.0.113.9"]
+    assert gateway.server.handler.connections.total == 1
 
 
 def children_of(pid: int) -> list[int]:
