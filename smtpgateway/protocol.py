@@ -89,8 +89,9 @@ class GatewaySession(Session):
 
     @property
     def remote_addr(self) -> str | None:
-        """The client's address (after a PROXY header, the real client's)."""
-        return client_address(self.peer[0]) if isinstance(self.peer, tuple) else None
+        """The client's address (after a PROXY header, the real client's), as
+        :func:`client_address` made it when the connection or header came in."""
+        return self.peer[0] if isinstance(self.peer, tuple) else None
 
 
 def client_address(address: object) -> str | None:
@@ -216,6 +217,8 @@ class GatewaySMTP(SMTP):
             session.session_id = previous.session_id
             session.auth_failures = previous.auth_failures
             session.peer, session.proxy_data = previous.peer, previous.proxy_data
+        elif isinstance(session.peer, tuple):  # a new connection: its address made once, as admitted
+            session.peer = (self._admitted, *session.peer[1:])
         self._classify_client()
         # Judged from the transport itself, so that a connection to the implicit-TLS
         # listener counts as encrypted too (aiosmtpd looks only at its own STARTTLS

@@ -8,9 +8,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from django.utils import timezone
-
 from django.db import connection
+from django.utils import timezone
 
 from smtpgateway.auth import _NEWEST_FAILURES_POSTGRESQL, _RECENT_FAILURES, _failures_queryset, _padded, recent_failures
 from smtpgateway.compiled import CompiledRead
