@@ -11,11 +11,13 @@ message is answered only after that transaction has committed, so a ``250``
 means the message is stored, while many sessions share one commit (and one
 fsync). A batch of one is the same code path.
 
-If the batch transaction fails on bad data (an IntegrityError), each job is run
-alone, so one job cannot fail the others. If the database is unavailable, every
-job in the batch fails fast: its AuthAttempt records are kept by the recorder
-(and logged) until a later batch writes them; messages fail, and the client gets
-a 451.
+If the batch transaction fails on its data (an IntegrityError or DataError, or
+a bug in preparing a job), each job is run alone, so one job cannot fail the
+others; a record the database refuses even alone is logged in full and dropped,
+a message refused alone gets a 451. If the database is unavailable, every job in
+the batch fails fast: its AuthAttempt records are kept by the recorder (and
+logged) until a later batch writes them; messages fail, and the client gets a
+451.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Iterable, Union
 
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError, DataError, IntegrityError, transaction
 from django.db.models import Q
 
 from apikeys.models import ApiKey
@@ -100,19 +102,58 @@ class LastUsedWrites:
 def process(jobs: list[Job], pending: PendingFailures, last_used: LastUsedWrites) -> list[Result]:
     """Run a batch; one result per job, in order (a DatabaseError result means that
     job failed). Records written are forgotten by ``pending``."""
+    kept = recorder.drain()  # written first, in the same transaction
     try:
-        return _commit_batch(jobs, pending, last_used)
-    except IntegrityError:
-        if len(jobs) == 1:
-            return _fail_fast(jobs)
-        log.warning("A batch of %d failed on its data; running each job alone", len(jobs))
-        return [process([job], pending, last_used)[0] for job in jobs]
+        return _commit_batch(jobs, kept, pending, last_used)
+    except _REFUSED_DATA as error:
+        log.warning("A batch of %d jobs failed on its data (%s); writing each alone", len(jobs), type(error).__name__)
     except DatabaseError:
+        recorder.restore(kept)
         log.exception("Database unavailable for a batch of %d jobs", len(jobs))
         return _fail_fast(jobs)
+    except Exception:  # a bug in preparing some job: the others must not fail with it
+        log.exception("A batch of %d jobs failed; writing each alone", len(jobs))
+    if kept:
+        _commit_alone(RecordsJob(tuple(kept)), pending, last_used)
+    return [_commit_alone(job, pending, last_used) for job in jobs]
 
 
-def _commit_batch(jobs: list[Job], pending: PendingFailures, last_used: LastUsedWrites) -> list[Result]:
+# The database refused a value, not the connection: retrying the same rows
+# cannot succeed, so they are written apart from the others.
+_REFUSED_DATA = (IntegrityError, DataError)
+
+
+def _commit_alone(job: Job, pending: PendingFailures, last_used: LastUsedWrites) -> Result:
+    """One job of a batch that failed on its data. A record refused even alone is
+    logged in full and dropped, not kept: kept for retry, it would fail every
+    later batch, messages included. Its failure still counts in ``pending``
+    until the rate-limit window passes, so refused rows cannot dodge the limit."""
+    try:
+        return _commit_batch([job], [], pending, last_used)[0]
+    except DatabaseError as error:
+        if not isinstance(error, _REFUSED_DATA):
+            log.exception("Database unavailable for a job")
+            return _fail_fast([job])[0]
+        refusal = f"{type(error).__name__}: {error}"
+    except Exception as error:  # a bug in preparing this job
+        log.exception("A database job failed")
+        refusal = type(error).__name__
+    if isinstance(job, RecordsJob):
+        if len(job.records) > 1:
+            for record in job.records:
+                _commit_alone(RecordsJob((record,)), pending, last_used)
+        else:
+            for record in job.records:
+                log.error("AuthAttempt refused by the database, dropped: %s (%s)", record.to_log_line(), refusal)
+        return None
+    if isinstance(job, StoreJob):
+        log.error("Message refused by the database (%s)", refusal)
+        return DatabaseError("message not stored: refused by the database")
+    return None
+
+
+def _commit_batch(jobs: list[Job], kept: list[AttemptRecord], pending: PendingFailures, last_used: LastUsedWrites) -> list[Result]:
+    """``kept``: records the database could not take before; written first."""
     results: list[Result] = []
     records: list[AttemptRecord] = []
     messages: list[NewMessage] = []
@@ -127,21 +168,16 @@ def _commit_batch(jobs: list[Job], pending: PendingFailures, last_used: LastUsed
         else:
             results.append(None)
 
-    kept = recorder.drain()  # written first, in this transaction; put back if it fails
     due = last_used.due([record for record in records if record.success])
     # One time for all of them: uses in one commit are milliseconds apart.
     newest = max(due.values(), default=None)
-    try:
-        with transaction.atomic():
-            if kept or records:
-                insert_attempts(kept + records)
-            if newest is not None:
-                _write_last_used(due.keys(), newest)
-            if messages:
-                insert_messages(messages)
-    except BaseException:
-        recorder.restore(kept)
-        raise
+    with transaction.atomic():
+        if kept or records:
+            insert_attempts(kept + records)
+        if newest is not None:
+            _write_last_used(due.keys(), newest)
+        if messages:
+            insert_messages(messages)
     if newest is not None:
         last_used.written(due.keys(), newest)
     pending.forget(kept + records)

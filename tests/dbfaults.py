@@ -1,4 +1,5 @@
-"""Real database faults for tests: another connection holding the write lock."""
+"""Real database faults for tests: another connection holding the write lock, an
+outage, a trigger that refuses some rows."""
 
 from __future__ import annotations
 
@@ -98,3 +99,36 @@ def postgresql_outage() -> Iterator[None]:
     finally:
         admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
         admin.close()
+
+
+@contextlib.contextmanager
+def refused_attempts(username: str) -> Iterator[None]:
+    """The database refuses, on their data, the AuthAttempt rows that carry this
+    username: a BEFORE INSERT trigger raising a constraint error (SQLite) or a
+    data exception (PostgreSQL), as a value a column cannot hold would."""
+    assert username.replace("-", "").isalnum()  # spelled into the SQL below
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute(
+                "CREATE TRIGGER test_refuse_attempt BEFORE INSERT ON smtpgateway_authattempt "
+                f"WHEN NEW.username = '{username}' BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END"
+            )
+            drop = ["DROP TRIGGER test_refuse_attempt"]
+        else:
+            cursor.execute(
+                "CREATE FUNCTION test_refuse_attempt() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF NEW.username = '{username}' THEN "
+                "RAISE EXCEPTION 'refused by a test trigger' USING ERRCODE = 'data_exception'; "
+                "END IF; RETURN NEW; END $$"
+            )
+            cursor.execute(
+                "CREATE TRIGGER test_refuse_attempt BEFORE INSERT ON smtpgateway_authattempt "
+                "FOR EACH ROW EXECUTE FUNCTION test_refuse_attempt()"
+            )
+            drop = ["DROP TRIGGER test_refuse_attempt ON smtpgateway_authattempt", "DROP FUNCTION test_refuse_attempt()"]
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            for statement in drop:
+                cursor.execute(statement)

@@ -3,6 +3,7 @@ clients get 4xx replies with enhanced codes, and no record is lost."""
 
 from __future__ import annotations
 
+import logging
 import smtplib
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +14,7 @@ import pytest
 from inboxes.models import Message
 from smtpgateway.models import AuthAttempt
 from smtpgateway.recorder import recorder
-from tests.dbfaults import release_later, shorten_lock_timeout, write_lock
+from tests.dbfaults import refused_attempts, release_later, shorten_lock_timeout, write_lock
 from tests.helpers import VALID_EMAIL, VALID_INBOX, VALID_KEY, LiveGateway, auth
 
 LOCK_SECONDS = 1.5
@@ -123,3 +124,42 @@ def test_postgresql_outage_and_recovery(gateway_factory: Any, scenarios: None) -
     assert list(AuthAttempt.objects.order_by("created_at").values_list("reason", flat=True)) == [
         "OK", "TEMPORARY_FAILURE", "OK",
     ]
+
+
+REFUSED_USERNAME = "refused-by-trigger"
+
+
+def test_a_record_the_database_refuses_is_logged_and_holds_up_nothing(
+    gateway: LiveGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row the database refuses on its data (here a trigger; in life a value a
+    column cannot hold) is not retried forever: it would fail every later batch,
+    messages included. It is logged in full and dropped; everyone else's records
+    and messages are written, in the same batch and after it."""
+
+    def session(refused: bool) -> tuple[str, dict[str, Any]]:
+        with gateway.smtp(timeout=30) as client:
+            if refused:
+                return auth(client, "PLAIN", REFUSED_USERNAME, VALID_KEY)[1], {}
+            reply = auth(client, "PLAIN", VALID_INBOX, VALID_KEY)[1]
+            return reply, client.sendmail(VALID_EMAIL, ["a@example.com"], b"Subject: beside a refused row\r\n\r\nbody\r\n")
+
+    with refused_attempts(REFUSED_USERNAME):
+        # Alone first (a batch of one), then mixed into busy batches.
+        assert session(refused=True)[0] == "535 5.7.8 Authentication credentials invalid"
+        gateway.settle()
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(session, [n % 8 == 0 for n in range(40)]))  # 6 failures: under the rate limit
+        gateway.settle()
+    assert results.count(("535 5.7.8 Authentication credentials invalid", {})) == 5
+    assert results.count(("235 2.7.0 Authentication successful", {})) == 35  # every message accepted
+    assert Message.objects.count() == 35
+    assert AuthAttempt.objects.filter(reason="OK").count() == 35
+    assert not AuthAttempt.objects.filter(username=REFUSED_USERNAME).exists()
+    refused = [r.getMessage() for r in caplog.get_records("call") if r.levelno == logging.ERROR and REFUSED_USERNAME in r.getMessage()]
+    assert len(refused) == 6 and all(line.startswith("AuthAttempt refused by the database, dropped:") for line in refused)
+    assert len(recorder) == 0
+    # Nothing of it lingers: the next attempt is written at once.
+    assert timed_auth(gateway)[0] == "235 2.7.0 Authentication successful"
+    gateway.settle()
+    assert AuthAttempt.objects.filter(reason="OK").count() == 36
