@@ -165,30 +165,38 @@ class Checker:
 
     def check_batch(self, jobs: list[AuthJob]) -> CheckedBatch:
         """Decide every job; never raises for the database: if it cannot be read,
-        every attempt is a TEMPORARY_FAILURE (and still recorded)."""
+        every attempt is a TEMPORARY_FAILURE (and still recorded). So is every
+        attempt of a batch whose check failed on a bug: answered 454 and
+        recorded, not answered 451 and lost."""
         now = timezone.now()
         texts = [(job.username.decode("utf-8", errors="replace"), job.password.decode("ascii", errors="replace")) for job in jobs]
         try:
-            failures = self._failure_counts(jobs, now)
-            lookup = self._lookup(texts)
+            outcomes = self._decide(jobs, texts, now)
         except DatabaseError:
             log.exception("Database unavailable for a batch of %d AUTH checks", len(jobs))
             outcomes = [Outcome(Reason.TEMPORARY_FAILURE) for _ in jobs]
-        else:
-            outcomes = []
-            for job, (username, password) in zip(jobs, texts):
-                address = job.peer.remote_addr or ""
-                if job.rate_limit is not None and failures.get(address, 0) >= job.rate_limit.failures:
-                    outcome = Outcome(Reason.RATE_LIMITED)
-                else:
-                    outcome = validate(username, password, lookup, now)
-                if outcome.reason.value in CREDENTIAL_FAILURES:
-                    failures[address] = failures.get(address, 0) + 1  # later jobs in this batch see it
-                outcomes.append(outcome)
+        except Exception:
+            log.exception("A batch of %d AUTH checks failed", len(jobs))
+            outcomes = [Outcome(Reason.TEMPORARY_FAILURE) for _ in jobs]
         records = [_record(job, password, outcome, now) for job, (_, password), outcome in zip(jobs, texts, outcomes)]
         for record in records:
             self.pending.add(record)
         return CheckedBatch(outcomes, records)
+
+    def _decide(self, jobs: list[AuthJob], texts: list[tuple[str, str]], now: datetime) -> list[Outcome]:
+        failures = self._failure_counts(jobs, now)
+        lookup = self._lookup(texts)
+        outcomes = []
+        for job, (username, password) in zip(jobs, texts):
+            address = job.peer.remote_addr or ""
+            if job.rate_limit is not None and failures.get(address, 0) >= job.rate_limit.failures:
+                outcome = Outcome(Reason.RATE_LIMITED)
+            else:
+                outcome = validate(username, password, lookup, now)
+            if outcome.reason.value in CREDENTIAL_FAILURES:
+                failures[address] = failures.get(address, 0) + 1  # later jobs in this batch see it
+            outcomes.append(outcome)
+        return outcomes
 
     def _failure_counts(self, jobs: list[AuthJob], now: datetime) -> dict[str, int]:
         limited = [job for job in jobs if job.rate_limit is not None and job.peer.remote_addr]

@@ -131,3 +131,25 @@ def test_warming_up_reads_but_neither_caches_nor_records(scenarios: None) -> Non
     assert len(checker.keys) == 0 and len(checker.inboxes) == 0
     assert len(checker.pending) == 0
     assert AuthAttempt.objects.count() == 0
+
+
+def test_a_check_that_fails_on_a_bug_is_answered_454_and_recorded(
+    gateway: LiveGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the checks (simulated: validation raises) must not cost the
+    attempt's record, nor the next client its AUTH."""
+    import smtpgateway.checks
+
+    real_validate = smtpgateway.checks.validate
+
+    def buggy_validate(username: str, *args: Any) -> Any:
+        if username == VALID_INBOX:
+            raise RuntimeError("simulated bug in the checks")
+        return real_validate(username, *args)
+
+    monkeypatch.setattr(smtpgateway.checks, "validate", buggy_validate)
+    assert auth_reply(gateway) == "454 4.7.0 Temporary authentication failure"
+    monkeypatch.setattr(smtpgateway.checks, "validate", real_validate)
+    assert auth_reply(gateway) == OK
+    gateway.settle()
+    assert list(AuthAttempt.objects.order_by("created_at").values_list("reason", flat=True)) == ["TEMPORARY_FAILURE", "OK"]
