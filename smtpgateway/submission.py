@@ -96,7 +96,14 @@ def summarize(content: bytes) -> tuple[str, str]:
         subject = str(headers.get("Subject", "") or "").strip()
     except Exception:  # a malformed header must not lose an otherwise fine message
         return "", ""
-    return message_id[:_HEADER_LIMIT], subject[:_HEADER_LIMIT]
+    return _storable(message_id[:_HEADER_LIMIT]), _storable(subject[:_HEADER_LIMIT])
+
+
+def _storable(text: str) -> str:
+    """A header value as a text column can hold it: PostgreSQL refuses NUL (sent
+    as is or RFC 2047-encoded), and retrying would never help. Shown as U+FFFD,
+    like undecodable bytes; ``raw`` keeps the bytes as sent."""
+    return text.replace("\x00", "\ufffd")
 
 
 def message_row(submission: Submission) -> NewMessage:

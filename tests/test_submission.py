@@ -150,6 +150,28 @@ def test_eight_bit_and_smtputf8(gateway: LiveGateway) -> None:
     assert "üñíçødé".encode() in bytes(message.raw)
 
 
+@pytest.mark.parametrize(
+    "headers, subject, message_id",
+    [
+        (b"Subject: a \x00 inside\r\nMessage-ID: <a\x00b@example.com>\r\n", "a \ufffd inside", "<a\ufffdb@example.com>"),
+        (b"Subject: =?utf-8?q?encoded_=00_too?=\r\n", "encoded \ufffd too", ""),
+    ],
+    ids=["as sent", "RFC 2047-encoded"],
+)
+def test_a_nul_in_a_header_is_stored_not_refused(gateway: LiveGateway, headers: bytes, subject: str, message_id: str) -> None:
+    """PostgreSQL refuses a NUL in a text column: such a message was answered 451
+    on every retry. The summary columns show it as U+FFFD; raw keeps the bytes."""
+    wire = authenticated_wire(gateway)
+    assert wire.command(f"MAIL FROM:<{VALID_EMAIL}>") == "250 2.1.0 Sender OK"
+    assert wire.command("RCPT TO:<a@example.com>") == "250 2.1.5 Recipient OK"
+    wire.command("DATA")
+    wire.sock.sendall(headers + b"\r\nbody\r\n.\r\n")
+    assert wire.reply()[-1].startswith("250 2.0.0")
+    message = Message.objects.get()
+    assert (message.subject, message.message_id) == (subject, message_id)
+    assert headers in bytes(message.raw)
+
+
 def test_over_long_body_line_is_refused_after_the_body(gateway: LiveGateway) -> None:
     wire = authenticated_wire(gateway)
     wire.command(f"MAIL FROM:<{VALID_EMAIL}>")
