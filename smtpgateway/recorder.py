@@ -22,7 +22,7 @@ from django.conf import settings
 
 from smtpgateway.models import USERNAME_MAX_LENGTH, AuthAttempt
 from smtpgateway.reasons import CREDENTIAL_FAILURES, Reason
-from smtpgateway.safetext import presented_username
+from smtpgateway.safetext import presented_username, printable_text
 
 if TYPE_CHECKING:
     from smtpgateway.auth import Peer
@@ -73,7 +73,7 @@ class AttemptRecord:
             encrypted=peer.tls is not None,
             tls_version=peer.tls.version if peer.tls else "",
             tls_cipher=peer.tls.cipher[:64] if peer.tls else "",
-            mechanism=mechanism[:32],
+            mechanism=printable_text(mechanism, 32),  # as sent, when unsupported
             username=presented_username(username, USERNAME_MAX_LENGTH),
             key_prefix=key_prefix,
             success=reason is Reason.OK,

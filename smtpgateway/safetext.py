@@ -17,6 +17,14 @@ def printable(raw: bytes, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def printable_text(text: str, limit: int) -> str:
+    """:func:`printable` for text aiosmtpd already decoded (undecodable bytes as
+    surrogates, which no database driver can encode)."""
+    if text.isascii() and text.isprintable() and len(text) <= limit:  # the usual case, e.g. "PLAIN"
+        return text
+    return printable(text.encode("utf-8", errors="surrogateescape"), limit)
+
+
 def presented_username(raw: bytes, limit: int) -> str:
     """The username as it may be recorded. People paste the key into the username
     field; such a value is withheld except for its visible prefix."""

@@ -90,6 +90,24 @@ def test_unsupported_mechanism(gateway: LiveGateway) -> None:
 
 
 @pytest.mark.parametrize(
+    ("sent", "stored"),
+    [(b"X\x00Y", "X\\x00Y"), (b"\xff\xfe", "\\xff\\xfe"), (b"PLAIN\x1b", "PLAIN\\x1b"), (b"M" * 40, "M" * 32)],
+    ids=["nul", "invalid-utf8", "escape", "long"],
+)
+def test_hostile_mechanism_names_are_stored_safely(gateway: LiveGateway, sent: bytes, stored: str) -> None:
+    """The name of an unsupported mechanism is recorded as sent, made printable:
+    a NUL (PostgreSQL refuses it) or undecodable bytes (no driver encodes them)
+    once made the database refuse the record, and with it the rest of its batch.
+    (The session cuts the name to the column's 32 characters first.)"""
+    wire = ehlo(gateway)
+    assert wire.command(b"AUTH " + sent) == "504 5.5.4 Unrecognized authentication type"
+    assert wire.command("NOOP") == "250 2.0.0 OK"
+    gateway.settle()
+    attempt = AuthAttempt.objects.get()
+    assert (attempt.reason, attempt.mechanism) == ("UNSUPPORTED_MECHANISM", stored)
+
+
+@pytest.mark.parametrize(
     ("before", "command", "reply"),
     [
         ([], "AUTH", "501 5.5.4 Syntax: AUTH mechanism [initial-response]"),
