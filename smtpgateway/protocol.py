@@ -61,10 +61,11 @@ COMMAND_SIZE_LIMITS: collections.defaultdict[str, int] = collections.defaultdict
 UNRECOGNIZED_COMMANDS_LIMIT = 5
 PROXY_HEADER_TIMEOUT = 10.0
 _COMMAND_WORD = re.compile(r"[A-Z][A-Z0-9-]{0,15}\Z")
-# No part of an RFC 5321 mailbox may hold a control character (atext and
-# qtextSMTP exclude them); the stdlib parser lets them through as mere defects,
-# and PostgreSQL refuses a NUL in any text it stores.
-_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+# No part of a mailbox may hold a control character (RFC 5321: atext and
+# qtextSMTP exclude them) or bytes that are not UTF-8 (RFC 6531; aiosmtpd hands
+# them on as surrogates). The stdlib parser lets both through as mere defects;
+# PostgreSQL refuses to store either, so they would fail at the commit.
+_NOT_IN_A_MAILBOX = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 _LOGIN_USERNAME_PROMPT = base64.b64encode(b"Username:")
 _LOGIN_PASSWORD_PROMPT = base64.b64encode(b"Password:")
 
@@ -414,6 +415,17 @@ class GatewaySMTP(SMTP):
         self._writer.write(text.encode("ascii"))
         await self._writer.drain()
 
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str | None) -> None:
+        """aiosmtpd's VRFY (252 for an address: this gateway verifies nothing),
+        except that an argument that is no address is not echoed back."""
+        if arg:
+            address, _ = self._getaddr(arg)
+            if address is None:
+                await self.push(replies.VRFY_NOT_AN_ADDRESS)
+                return
+        await super().smtp_VRFY(arg)
+
     # --- EHLO, STARTTLS, DATA -------------------------------------------------------------------
     def encrypted(self) -> bool:
         return self.gateway_session().tls is not None
@@ -504,14 +516,14 @@ class GatewaySMTP(SMTP):
         """aiosmtpd's address parsing for MAIL and RCPT, the same rules
         (``smtpgateway.addresses``), without the typing class it creates on every
         call (5% of the CPU of a message); and an address with a control
-        character is malformed."""
+        character or bytes that are not UTF-8 is malformed."""
         if not arg:
             return "", ""
         parsed = parse_path(arg)
         if parsed is None:
             return None, None
         addr, rest = parsed
-        if _CONTROL_CHARACTER.search(addr):
+        if _NOT_IN_A_MAILBOX.search(addr):
             return None, None
         localpart = addr.rpartition("@")[0]
         if self.local_part_limit and len(localpart) > self.local_part_limit:

@@ -32,6 +32,9 @@ TIMEOUT = "421 4.4.2 {hostname} Error: timeout exceeded"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down"
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
 TOO_MANY_UNAUTHENTICATED_COMMANDS = "421 4.7.0 Too many commands without authentication"
+# aiosmtpd echoed an argument that is no address ("502 Could not VRFY <arg>"):
+# a bare CR in it broke the reply line, bytes that are not UTF-8 the reply.
+VRFY_NOT_AN_ADDRESS = "502 5.1.3 Could not VRFY: not an address"
 
 
 def unrecognized(command: str | None) -> str:

@@ -102,3 +102,14 @@ def test_greeting_without_a_hostname(gateway: LiveGateway, command: str) -> None
     wire = gateway.wire()
     assert wire.command(command) == f"501 5.5.4 Syntax: {command} hostname"
     assert wire.command("AUTH PLAIN") == "503 5.5.1 Error: send EHLO first"  # the refused greeting did not count
+
+
+@pytest.mark.parametrize("argument", [b"someone\rEHLO x", b"caf\xe9", b"<caf\xe9@example.com>", b"<a\rb@example.com>"])
+def test_vrfy_does_not_echo_what_is_no_address(gateway: LiveGateway, argument: bytes) -> None:
+    """aiosmtpd answered "502 Could not VRFY <argument>": a bare CR in it broke the
+    reply line, and bytes that are not UTF-8 made the reply itself fail (451)."""
+    wire = gateway.wire()
+    assert wire.command(b"VRFY " + argument) == "502 5.1.3 Could not VRFY: not an address"
+    assert wire.command("VRFY someone@example.com") == "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery"
+    assert wire.command("VRFY") == "501 5.5.4 Syntax: VRFY <address>"
+    assert wire.command("NOOP") == "250 2.0.0 OK"
