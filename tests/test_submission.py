@@ -8,7 +8,7 @@ from email.message import EmailMessage
 import pytest
 
 from inboxes.models import Message
-from tests.helpers import VALID_EMAIL, VALID_INBOX, VALID_KEY, LiveGateway, auth, authenticated_wire
+from tests.helpers import VALID_EMAIL, VALID_INBOX, VALID_KEY, LiveGateway, auth, authenticated_wire, b64
 
 
 def sample_message(subject: str = "Hello from an agent", body: str = "Hi there.\n") -> EmailMessage:
@@ -170,6 +170,21 @@ def test_a_nul_in_a_header_is_stored_not_refused(gateway: LiveGateway, headers: 
     message = Message.objects.get()
     assert (message.subject, message.message_id) == (subject, message_id)
     assert headers in bytes(message.raw)
+
+
+def test_the_helo_name_cannot_put_control_bytes_into_received(gateway: LiveGateway) -> None:
+    """The client's EHLO name goes into our Received: header: a line break would
+    start a header of its own; other control characters and bytes that are not
+    UTF-8 do not belong in a header either. Each becomes "?"."""
+    wire = gateway.wire()
+    assert wire.command(b"EHLO bad\x00\x1b\xff\rname.example").startswith("250")
+    assert wire.command("AUTH PLAIN " + b64(f"\0{VALID_INBOX}\0{VALID_KEY}")).startswith("235 ")
+    assert wire.command(f"MAIL FROM:<{VALID_EMAIL}>") == "250 2.1.0 Sender OK"
+    assert wire.command("RCPT TO:<a@example.com>") == "250 2.1.5 Recipient OK"
+    wire.command("DATA")
+    wire.sock.sendall(b"Subject: helo\r\n\r\nbody\r\n.\r\n")
+    assert wire.reply()[-1].startswith("250 2.0.0")
+    assert bytes(Message.objects.get().raw).startswith(b"Received: from bad????name.example ([127.0.0.1])\r\n\tby ")
 
 
 def test_over_long_body_line_is_refused_after_the_body(gateway: LiveGateway) -> None:
