@@ -113,6 +113,9 @@ def process(jobs: list[Job], pending: PendingFailures, last_used: LastUsedWrites
         return _fail_fast(jobs)
     except Exception:  # a bug in preparing some job: the others must not fail with it
         log.exception("A batch of %d jobs failed; writing each alone", len(jobs))
+    except BaseException:  # the thread is going down: the kept records stay kept
+        recorder.restore(kept)
+        raise
     if kept:
         _commit_alone(RecordsJob(tuple(kept)), pending, last_used)
     return [_commit_alone(job, pending, last_used) for job in jobs]
