@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -35,14 +36,20 @@ class RunSmtp:
     output goes to files, as under a service manager; with ``unread_stderr`` its
     stderr is a pipe that nobody reads until ``stop()``, like a stalled log reader."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, unread_stderr: bool = False) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, unread_stderr: bool = False, open_files: tuple[int, int] | None = None
+    ) -> None:
         self.port = free_port()
         # Independent of the developer's .env: no TLS unless the test asks.
         environment = {**os.environ, "DATABASE_URL": database_url(), "DEBUG": "true", **NO_TLS, **DEMO_THROTTLING, **(env or {})}
         self._out = tempfile.NamedTemporaryFile("w+", prefix="runsmtp-out-", suffix=".log")
         self._err = tempfile.NamedTemporaryFile("w+", prefix="runsmtp-err-", suffix=".log")
+        # A limit on open files as a shell's `ulimit -n` or a service manager's
+        # LimitNOFILE= would set it (prlimit, util-linux: no preexec_fn in a
+        # process with threads).
+        limit = ["prlimit", f"--nofile={open_files[0]}:{open_files[1]}"] if open_files else []
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "runsmtp", "--port", str(self.port), *args],
+            [*limit, sys.executable, "manage.py", "runsmtp", "--port", str(self.port), *args],
             cwd=ROOT,
             env=environment,
             stdout=self._out,
@@ -223,3 +230,39 @@ def test_loading_the_fixture_twice_is_harmless(scenarios: None) -> None:
     counts = (Organization.objects.count(), Inbox.objects.count(), ApiKey.objects.count())
     call_command("loaddata", "scenarios", verbosity=0)
     assert (Organization.objects.count(), Inbox.objects.count(), ApiKey.objects.count()) == counts == (2, 3, 5)
+
+
+def test_runsmtp_raises_a_low_soft_limit_on_open_files(scenarios: None) -> None:
+    """Under a soft limit of 256 open files, 400 allowed sessions are all greeted
+    (without the raise, accept() failed past ~240 and the rest waited in silence)."""
+    sessions = 400
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < sessions + 64:
+        pytest.skip(f"this machine's hard limit ({hard}) is below what the test needs")
+    server = RunSmtp(env={"SMTP_MAX_CONNECTIONS": str(sessions), "SMTP_MAX_CONNECTIONS_PER_IP": "0"}, open_files=(256, sessions + 64))
+    clients: list[socket.socket] = []
+
+    def greeting(client: socket.socket) -> bytes:
+        try:
+            return client.recv(200)
+        except socket.timeout:  # still in the kernel's queue, never accepted
+            return b""
+
+    try:
+        clients = [socket.create_connection(("127.0.0.1", server.port), timeout=3) for _ in range(sessions)]
+        assert sum(greeting(client).startswith(b"220 ") for client in clients) == sessions
+        assert f"{sessions} connections (0 per address), {sessions + 64} open files" in "\n".join(server.banner)
+    finally:
+        for client in clients:
+            client.close()
+        assert server.stop()[0] == 0
+
+
+def test_runsmtp_warns_when_the_hard_limit_on_open_files_is_too_low(scenarios: None) -> None:
+    server = RunSmtp(env={"SMTP_MAX_CONNECTIONS": "1000"}, open_files=(200, 200))
+    try:
+        banner = "\n".join(server.banner)
+        assert "1000 connections (20 per address), 200 open files" in banner
+        assert "WARNING:   open files are limited to 200 (hard limit), fewer than SMTP_MAX_CONNECTIONS (1000) + 64" in banner
+    finally:
+        assert server.stop()[0] == 0
