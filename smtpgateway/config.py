@@ -39,7 +39,7 @@ class GatewayConfig:
     idle_timeout: float = 300.0
     data_timeout: float = 600.0
     shutdown_grace: float = 30.0
-    # Seconds between retries of AuthAttempt records the database refused.
+    # Seconds between retries of AuthAttempt records the database could not take (away or locked).
     flush_interval: float = 5.0
     # Scale-out: a PROXY protocol header (v1 or v2) starts every connection; the
     # port is shared with other processes (SO_REUSEPORT).
