@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from email.headerregistry import BaseHeader, HeaderRegistry
+from email.headerregistry import BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from email.utils import format_datetime
@@ -39,6 +39,16 @@ class _HeaderClasses(HeaderRegistry):
     def __init__(self) -> None:
         super().__init__()
         self._made: dict[type, type[BaseHeader]] = {}
+        # Shown, not interpreted: read as plain text. The stdlib's msg-id parser
+        # takes quadratic time on crafted values: 200 KB of backslashes in one
+        # Message-ID held the committer (and the GIL) for 4 minutes.
+        self.map_to_type("message-id", UnstructuredHeader)
+
+    def __call__(self, name: str, value: str) -> BaseHeader:
+        # Only the first _HEADER_LIMIT characters are kept, so no more is parsed
+        # (room for encoded words, which decode shorter): a crafted 200 KB
+        # Subject of encoded words took 2.7 s.
+        return super().__call__(name, value[: 2 * _HEADER_LIMIT])
 
     def __getitem__(self, name: str) -> type[BaseHeader]:
         kind = self.registry.get(name.lower(), self.default_class)

@@ -187,6 +187,31 @@ def test_the_helo_name_cannot_put_control_bytes_into_received(gateway: LiveGatew
     assert bytes(Message.objects.get().raw).startswith(b"Received: from bad????name.example ([127.0.0.1])\r\n\tby ")
 
 
+def folded(name: bytes, value: bytes) -> bytes:
+    """A header line folded every 900 bytes, as body lines must stay under 1,000."""
+    return name + b": " + b"\r\n ".join(value[i : i + 900] for i in range(0, len(value), 900))
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [(b"Message-ID", b"<" + b"\\" * 80_000), (b"Subject", b"=?utf-8?q?abc?= " * 16_000)],
+    ids=["message-id-backslashes", "subject-encoded-words"],
+)
+def test_a_crafted_header_costs_no_more_than_its_first_kilobytes(gateway: LiveGateway, name: bytes, value: bytes) -> None:
+    """The stdlib's Message-ID parser takes quadratic time: 80 KB of backslashes
+    held the committer, and with it every message and record, for ~14 s (200 KB
+    unfolded: 4 minutes); 256 KB of encoded words in a Subject, ~2.5 s. Only what
+    is kept (the first 998 characters) is read now, and a Message-ID as text."""
+    with gateway.smtp(timeout=2) as client:  # the 250 came later than that
+        auth(client, "PLAIN", VALID_INBOX, VALID_KEY)
+        assert client.sendmail(VALID_EMAIL, ["a@example.com"], folded(name, value) + b"\r\n\r\nbody\r\n") == {}
+    message = Message.objects.get()
+    if name == b"Message-ID":
+        assert message.message_id == folded(b"", value)[2:].replace(b"\r\n", b"").decode()[:998]
+    else:
+        assert message.subject.startswith("abcabcabc") and len(message.subject) <= 998
+
+
 def test_over_long_body_line_is_refused_after_the_body(gateway: LiveGateway) -> None:
     wire = authenticated_wire(gateway)
     wire.command(f"MAIL FROM:<{VALID_EMAIL}>")
