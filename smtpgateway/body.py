@@ -24,12 +24,36 @@ END_OF_DATA = b".\r\n"
 class BodyProblem(enum.Enum):
     LINE_TOO_LONG = "line too long"
     TOO_LARGE = "too large"
+    NO_ROOM = "no room"  # the bodies in memory, over all sessions, reached their limit
 
 
-async def read_body(reader: asyncio.StreamReader, body: bytearray, max_size: int) -> BodyProblem | None:
+class BodyBudget:
+    """The bytes of message bodies this process holds in memory, over all
+    sessions, against a limit (0: none). Each session may send up to the message
+    size limit, and a thousand sessions of 10 MiB each would be 10 GiB: past the
+    limit a body is refused with a 4xx, to be sent again later, instead of the
+    process growing until the system kills it. Used on the event loop only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> bool:
+        if self.limit and self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.used -= size
+
+
+async def read_body(reader: asyncio.StreamReader, body: bytearray, max_size: int, budget: BodyBudget) -> BodyProblem | None:
     """Read lines up to the lone dot into ``body``. ``max_size`` counts the bytes
-    as sent (0: no limit); the longest line is the reader's limit. On a problem,
-    ``body`` is emptied and the rest of the body read and dropped.
+    as sent (0: no limit); the longest line is the reader's limit. ``budget``
+    holds ``len(body)``: the caller gives it back when done with the body. On a
+    problem, ``body`` is emptied (and given back) and the rest of the body read
+    and dropped.
 
     Raises ``asyncio.IncompleteReadError`` if the client leaves mid-body."""
     problem: BodyProblem | None = None
@@ -42,6 +66,7 @@ async def read_body(reader: asyncio.StreamReader, body: bytearray, max_size: int
             # Over the line limit: drop what is buffered; the line's end comes later.
             received += len(await reader.readexactly(overrun.consumed))
             problem = problem or BodyProblem.LINE_TOO_LONG
+            budget.give_back(len(body))
             del body[:]
             in_long_line = True
             continue
@@ -54,7 +79,12 @@ async def read_body(reader: asyncio.StreamReader, body: bytearray, max_size: int
         received += len(line)
         if problem is None and max_size and received > max_size:
             problem = BodyProblem.TOO_LARGE
-            del body[:]
+        # A leading dot was doubled by the client (dot stuffing); drop one.
+        content = memoryview(line)[1:] if line[:1] == b"." else line
+        if problem is None and not budget.take(len(content)):
+            problem = BodyProblem.NO_ROOM
         if problem is None:
-            # A leading dot was doubled by the client (dot stuffing); drop one.
-            body += memoryview(line)[1:] if line[:1] == b"." else line
+            body += content
+        elif body:
+            budget.give_back(len(body))
+            del body[:]

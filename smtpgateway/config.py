@@ -35,6 +35,8 @@ class GatewayConfig:
     throttle_exempt: tuple[Network, ...] = ()
     max_connections: int = 1000
     max_connections_per_ip: int = 20
+    # Bytes of message bodies held in memory at once, over all sessions (0: no limit).
+    max_buffered_data: int = 256 * 1024 * 1024
     max_unauth_commands: int = 10
     idle_timeout: float = 300.0
     data_timeout: float = 600.0
@@ -71,6 +73,7 @@ class GatewayConfig:
             throttle_exempt=parse_networks(settings.SMTP_THROTTLE_EXEMPT),
             max_connections=settings.SMTP_MAX_CONNECTIONS,
             max_connections_per_ip=settings.SMTP_MAX_CONNECTIONS_PER_IP,
+            max_buffered_data=settings.SMTP_MAX_BUFFERED_DATA,
             max_unauth_commands=settings.SMTP_MAX_UNAUTH_COMMANDS,
             idle_timeout=settings.SMTP_IDLE_TIMEOUT,
             data_timeout=settings.SMTP_DATA_TIMEOUT,

@@ -60,6 +60,11 @@ COMMAND_SIZE_LIMITS: collections.defaultdict[str, int] = collections.defaultdict
 )
 UNRECOGNIZED_COMMANDS_LIMIT = 5
 PROXY_HEADER_TIMEOUT = 10.0
+_BODY_PROBLEM_REPLIES = {
+    BodyProblem.LINE_TOO_LONG: replies.LINE_TOO_LONG,
+    BodyProblem.TOO_LARGE: replies.MESSAGE_TOO_LARGE,
+    BodyProblem.NO_ROOM: replies.NO_ROOM_FOR_MESSAGE,
+}
 _COMMAND_WORD = re.compile(r"[A-Z][A-Z0-9-]{0,15}\Z")
 # No part of a mailbox may hold a control character (RFC 5321: atext and
 # qtextSMTP exclude them) or bytes that are not UTF-8 (RFC 6531; aiosmtpd hands
@@ -503,20 +508,23 @@ class GatewaySMTP(SMTP):
             return
         await self.push(replies.START_MAIL_INPUT)
         body = bytearray()
+        budget = self.event_handler.body_budget
         try:
-            problem = await read_body(self._reader, body, self.data_size_limit)
-        except asyncio.IncompleteReadError as eof:
-            raise _ClientGone from eof
-        if problem is not None:
-            del body
+            try:
+                problem = await read_body(self._reader, body, self.data_size_limit, budget)
+            except asyncio.IncompleteReadError as eof:
+                raise _ClientGone from eof
+            if problem is not None:
+                self._set_post_data_state()
+                await self.push(_BODY_PROBLEM_REPLIES[problem])
+                return
+            # The buffer itself, not a bytes copy: handle_DATA only reads it.
+            self.envelope.content = self.envelope.original_content = body  # type: ignore[assignment]
+            status = await self._call_handler_hook("DATA")
             self._set_post_data_state()
-            await self.push(replies.LINE_TOO_LONG if problem is BodyProblem.LINE_TOO_LONG else replies.MESSAGE_TOO_LARGE)
-            return
-        # The buffer itself, not a bytes copy: handle_DATA only reads it.
-        self.envelope.content = self.envelope.original_content = body  # type: ignore[assignment]
-        del body
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
+        finally:
+            budget.give_back(len(body))
+            del body
         await self.push(status)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:

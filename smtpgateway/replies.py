@@ -83,6 +83,9 @@ RECIPIENT_OK = "250 2.1.5 Recipient OK"
 RECIPIENT_WITHOUT_DOMAIN = "553 5.1.3 Recipient address must name a domain"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 MESSAGE_TOO_LARGE = "552 5.2.3 Message too large"
+# The bodies in memory over all sessions reached SMTP_MAX_BUFFERED_DATA (RFC 5321
+# 452: insufficient system storage; RFC 3463 4.3.1: mail system full).
+NO_ROOM_FOR_MESSAGE = "452 4.3.1 Insufficient system storage, try again later"
 NEED_RCPT = "503 5.5.1 Error: need RCPT command"
 DATA_SYNTAX = "501 5.5.4 Syntax: DATA"
 START_MAIL_INPUT = "354 End data with <CR><LF>.<CR><LF>"

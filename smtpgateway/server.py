@@ -24,6 +24,7 @@ from aiosmtpd.smtp import Envelope
 from django.db import DatabaseError
 
 from smtpgateway import replies
+from smtpgateway.body import BodyBudget
 from smtpgateway.config import GatewayConfig
 from smtpgateway.limits import ConnectionRegistry
 from smtpgateway.protocol import AUTH_MECHANISMS, GatewaySession, GatewaySMTP
@@ -45,6 +46,7 @@ class GatewayHandler:
         self.config = config
         self.db = db
         self.connections = ConnectionRegistry(config.max_connections, config.max_connections_per_ip, config.throttle_exempt)
+        self.body_budget = BodyBudget(config.max_buffered_data)
         self.sessions: set[GatewaySMTP] = set()
         self.shutting_down = False
         # aiosmtpd's hook table ("MAIL" -> handle_MAIL), built once, not per connection.

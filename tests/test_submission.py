@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import smtplib
 from email.message import EmailMessage
+from typing import Any
 
 import pytest
 
 from inboxes.models import Message
-from tests.helpers import VALID_EMAIL, VALID_INBOX, VALID_KEY, LiveGateway, auth, authenticated_wire, b64
+from tests.helpers import VALID_EMAIL, VALID_INBOX, VALID_KEY, LiveGateway, auth, authenticated_wire, b64, eventually
 
 
 def sample_message(subject: str = "Hello from an agent", body: str = "Hi there.\n") -> EmailMessage:
@@ -251,3 +252,41 @@ def test_raw_is_the_last_column_on_sqlite(transactional_db: None) -> None:
     with connection.cursor() as cursor:
         columns = [row[1] for row in cursor.execute("PRAGMA table_info(inboxes_message)").fetchall()]
     assert columns[-1] == "raw", columns
+
+
+def test_bodies_in_memory_over_all_sessions_are_bounded(gateway_factory: Any, scenarios: None) -> None:
+    """SMTP_MAX_BUFFERED_DATA: while one session holds 800 KB of an unfinished
+    body, another's 400 KB body would pass the 1 MB limit. It is read to its end
+    and answered 452 4.3.1 (try again later), not stored; once the first message
+    is stored, the retry is accepted."""
+    gateway = gateway_factory(max_buffered_data=1_000_000)
+    budget = gateway.server.handler.body_budget
+    line = b"x" * 998 + b"\r\n"
+
+    def ready(wire: Any) -> None:
+        assert wire.command(f"MAIL FROM:<{VALID_EMAIL}>") == "250 2.1.0 Sender OK"
+        assert wire.command("RCPT TO:<a@example.com>") == "250 2.1.5 Recipient OK"
+        assert wire.command("DATA").startswith("354 ")
+
+    first, second = authenticated_wire(gateway), authenticated_wire(gateway)
+    ready(first)
+    first.sock.sendall(b"Subject: first\r\n\r\n" + line * 800)
+    eventually(lambda: budget.used >= 800 * 1000)
+    ready(second)
+    second.sock.sendall(b"Subject: second\r\n\r\n" + line * 400 + b".\r\n")
+    assert second.reply() == ["452 4.3.1 Insufficient system storage, try again later"]
+    assert budget.used == 800 * 1000 + len(b"Subject: first\r\n\r\n")  # the refused body holds nothing
+    first.sock.sendall(b".\r\n")
+    assert first.reply()[-1].startswith("250 2.0.0")
+    assert budget.used == 0
+    ready(second)  # the same session, sent again
+    second.sock.sendall(b"Subject: second\r\n\r\n" + line * 400 + b".\r\n")
+    assert second.reply()[-1].startswith("250 2.0.0")
+    assert sorted(Message.objects.values_list("subject", flat=True)) == ["first", "second"]
+    assert budget.used == 0
+    gone = authenticated_wire(gateway)  # a client vanishing mid-body gives its share back
+    ready(gone)
+    gone.sock.sendall(line * 300)
+    eventually(lambda: budget.used == 300 * 1000)
+    gone.close()
+    eventually(lambda: budget.used == 0)
