@@ -142,12 +142,11 @@ def _commit_alone(job: Job, pending: PendingFailures, last_used: LastUsedWrites)
         log.exception("A database job failed")
         refusal = type(error).__name__
     if isinstance(job, RecordsJob):
-        if len(job.records) > 1:
+        if len(job.records) == 1:
+            log.error("AuthAttempt refused by the database, dropped: %s (%s)", job.records[0].to_log_line(), refusal)
+        else:  # find the refused one(s)
             for record in job.records:
                 _commit_alone(RecordsJob((record,)), pending, last_used)
-        else:
-            for record in job.records:
-                log.error("AuthAttempt refused by the database, dropped: %s (%s)", record.to_log_line(), refusal)
         return None
     if isinstance(job, StoreJob):
         log.error("Message refused by the database (%s)", refusal)

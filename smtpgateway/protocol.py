@@ -45,6 +45,7 @@ from smtpgateway.commits import RecordsJob
 from smtpgateway.limits import is_exempt
 from smtpgateway.reasons import Reason
 from smtpgateway.recorder import AttemptRecord
+from smtpgateway.safetext import CONTROL_OR_UNDECODABLE
 from smtpgateway.tls import TlsInfo
 
 if TYPE_CHECKING:
@@ -66,11 +67,6 @@ _BODY_PROBLEM_REPLIES = {
     BodyProblem.NO_ROOM: replies.NO_ROOM_FOR_MESSAGE,
 }
 _COMMAND_WORD = re.compile(r"[A-Z][A-Z0-9-]{0,15}\Z")
-# No part of a mailbox may hold a control character (RFC 5321: atext and
-# qtextSMTP exclude them) or bytes that are not UTF-8 (RFC 6531; aiosmtpd hands
-# them on as surrogates). The stdlib parser lets both through as mere defects;
-# PostgreSQL refuses to store either, so they would fail at the commit.
-_NOT_IN_A_MAILBOX = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 _LOGIN_USERNAME_PROMPT = base64.b64encode(b"Username:")
 _LOGIN_PASSWORD_PROMPT = base64.b64encode(b"Password:")
 
@@ -538,7 +534,7 @@ class GatewaySMTP(SMTP):
         if parsed is None:
             return None, None
         addr, rest = parsed
-        if _NOT_IN_A_MAILBOX.search(addr):
+        if CONTROL_OR_UNDECODABLE.search(addr):  # the stdlib parser lets these through as mere defects
             return None, None
         localpart = addr.rpartition("@")[0]
         if self.local_part_limit and len(localpart) > self.local_part_limit:

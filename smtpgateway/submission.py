@@ -7,7 +7,6 @@ answers ``250``.
 
 from __future__ import annotations
 
-import re
 import secrets
 from dataclasses import dataclass
 from email.headerregistry import BaseHeader, HeaderRegistry, UnstructuredHeader
@@ -18,13 +17,10 @@ from email.utils import format_datetime
 from django.utils import timezone
 
 from inboxes.models import Message
+from smtpgateway.safetext import CONTROL_OR_UNDECODABLE
 from smtpgateway.store import NewMessage
 
 _HEADER_LIMIT = 998  # RFC 5322 line length; longer values are cut for display
-# What the client's HELO name may not put into our Received: header: line breaks
-# (a header of its own), other control characters, and bytes that are not UTF-8
-# (aiosmtpd hands them on as surrogates).
-_NOT_IN_A_HEADER = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 class _HeaderClasses(HeaderRegistry):
@@ -82,7 +78,8 @@ def new_queue_id() -> str:
 
 def received_header(submission: Submission, queue_id: str) -> bytes:
     """The trace header RFC 5321 section 4.4 asks a receiving server to prepend."""
-    helo = _NOT_IN_A_HEADER.sub("?", submission.helo_name)[:255]
+    # The client's HELO name: a line break would start a header of its own.
+    helo = CONTROL_OR_UNDECODABLE.sub("?", submission.helo_name)[:255]
     lines = [
         f"Received: from {helo} ([{submission.remote_addr or 'unknown'}])",
         f"\tby {submission.hostname} (agentmail-smtp) with {submission.protocol} id {queue_id}",
