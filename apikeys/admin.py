@@ -12,6 +12,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 
+from agentmail_site.admin_lookups import CheckedLookupsAdmin
 from apikeys import keys
 from apikeys.models import ApiKey
 from apikeys.scopes import KNOWN_SCOPES, SMTP_SEND
@@ -48,7 +49,7 @@ class StateFilter(admin.SimpleListFilter):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(CheckedLookupsAdmin):
     form = ApiKeyForm
     list_display = ("prefix_display", "name", "organization", "scope_list", "state_display", "expires_at", "last_used_at", "created_at")
     list_filter = (StateFilter, "organization")

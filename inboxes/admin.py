@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from django.contrib.admin.views.main import ChangeList
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
+from agentmail_site.admin_lookups import CheckedChangeList, CheckedLookupsAdmin
 from inboxes.models import Inbox, Message, Organization
 
 
 @admin.register(Organization)
-class OrganizationAdmin(admin.ModelAdmin):
+class OrganizationAdmin(CheckedLookupsAdmin):
     list_display = ("public_id", "name", "created_at")
     search_fields = ("public_id", "name")
     readonly_fields = ("created_at",)
@@ -29,7 +29,7 @@ def _status_action(status: Inbox.Status, verb: str):  # type: ignore[no-untyped-
 
 
 @admin.register(Inbox)
-class InboxAdmin(admin.ModelAdmin):
+class InboxAdmin(CheckedLookupsAdmin):
     list_display = ("inbox_id", "email", "display_name", "organization", "status", "created_at")
     list_filter = ("status", "organization")
     list_select_related = ("organization",)
@@ -42,14 +42,14 @@ class InboxAdmin(admin.ModelAdmin):
     ]
 
 
-class MessageChangeList(ChangeList):
+class MessageChangeList(CheckedChangeList):
     def get_queryset(self, request: HttpRequest, exclude_parameters: list[str] | None = None) -> QuerySet[Message]:
         # The list never shows bodies, which can be megabytes each.
         return super().get_queryset(request, exclude_parameters).defer("raw")
 
 
 @admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):
+class MessageAdmin(CheckedLookupsAdmin):
     """Read-only: messages are written by the gateway only."""
 
     list_display = ("queue_id", "inbox", "envelope_from", "recipient_count", "subject", "size", "status", "created_at")
@@ -73,7 +73,7 @@ class MessageAdmin(admin.ModelAdmin):
     )
     readonly_fields = fields
 
-    def get_changelist(self, request: HttpRequest, **kwargs: object) -> type[ChangeList]:
+    def get_changelist(self, request: HttpRequest, **kwargs: object) -> type[CheckedChangeList]:
         return MessageChangeList
 
     @admin.display(description="recipients")

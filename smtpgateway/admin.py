@@ -6,6 +6,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from agentmail_site.admin_lookups import CheckedLookupsAdmin
 from smtpgateway.models import AuthAttempt
 from smtpgateway.protocol import AUTH_MECHANISMS
 
@@ -45,7 +46,7 @@ class TlsVersionFilter(_KnownValuesFilter):
 
 
 @admin.register(AuthAttempt)
-class AuthAttemptAdmin(admin.ModelAdmin):
+class AuthAttemptAdmin(CheckedLookupsAdmin):
     list_display = (
         "created_at",
         "success",
