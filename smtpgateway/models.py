@@ -38,13 +38,13 @@ class AuthAttempt(models.Model):
     )
     reason = models.CharField(max_length=32, choices=Reason.choices())  # indexed below, for the admin's filter
     inbox = models.ForeignKey(
-        "inboxes.Inbox", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+        "inboxes.Inbox", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False, db_index=False
     )
     api_key = models.ForeignKey(
-        "apikeys.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+        "apikeys.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False, db_index=False
     )
     organization = models.ForeignKey(
-        "inboxes.Organization", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+        "inboxes.Organization", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False, db_index=False
     )
 
     class Meta:
@@ -62,6 +62,14 @@ class AuthAttempt(models.Model):
                 name="authattempt_counted_failures",
             ),
             models.Index(fields=["reason"], name="authattempt_reason"),
+            # The foreign keys are read by the admin's organization filter and by
+            # deleting an inbox, key or organization (SET_NULL), never for NULL. A
+            # failure that found no key has all three NULL, so these partial
+            # indexes spare most failed attempts three index inserts.
+            *(
+                models.Index(fields=[name], condition=models.Q(**{f"{name}__isnull": False}), name=f"authattempt_{name}")
+                for name in ("inbox", "api_key", "organization")
+            ),
         ]
         verbose_name = "AUTH attempt"
 

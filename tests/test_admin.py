@@ -215,3 +215,34 @@ def test_address_filters_still_work(admin_client) -> None:  # type: ignore[no-un
         "remote_addr=127.0.0.1": {"s0", "s2"}, "remote_addr__in=2001:db8::1,192.0.2.1": {"s1"},
         "remote_addr__startswith=2001": {"s1"}, "q=db8": {"s1"},
     }
+
+
+def test_foreign_key_reads_use_the_partial_indexes(admin_client) -> None:  # type: ignore[no-untyped-def]
+    """AuthAttempt's foreign-key indexes leave out NULL (most failed attempts have
+    no inbox, key or organization). What reads through them still finds them: the
+    admin's organization filter, and deleting an inbox or key (SET_NULL)."""
+    make_history(3)
+    Message.objects.all().delete()  # they protect the inbox
+    statements: list[tuple[str, tuple]] = []
+
+    def capture(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        if "smtpgateway_authattempt" in sql and "COUNT" not in sql:
+            statements.append((sql, tuple(params or ())))
+        return execute(sql, params, many, context)
+
+    organization = Organization.objects.get(public_id="org_abc")
+    with connection.execute_wrapper(capture):
+        admin_client.get(f"{reverse('admin:smtpgateway_authattempt_changelist')}?organization__id__exact={organization.pk}")
+        ApiKey.objects.get(prefix="am_validke").delete()
+        Inbox.objects.get(inbox_id="inb_valid1234567890").delete()
+    readers = {"authattempt_organization": "SELECT", "authattempt_api_key": "UPDATE", "authattempt_inbox": "UPDATE"}
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET LOCAL enable_seqscan = off")  # three rows: a scan would be cheaper
+        for index, verb in readers.items():
+            column = index.removeprefix("authattempt_") + "_id"
+            sql, params = next((sql, params) for sql, params in statements if sql.startswith(verb) and (f'"{column}" IN' in sql or f'"{column}" =' in sql))
+            cursor.execute(("EXPLAIN QUERY PLAN " if connection.vendor == "sqlite" else "EXPLAIN ") + sql, params)
+            plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+            assert index in plan and "Seq Scan" not in plan, (sql, plan)
+    assert not AuthAttempt.objects.filter(inbox__isnull=False).exists()  # the deletes did their work
