@@ -130,6 +130,42 @@ def test_second_starttls_and_starttls_on_implicit_tls(tls_gateway: LiveGateway, 
         assert client.docmd("STARTTLS") == (503, b"5.5.1 TLS already active")
 
 
+def test_commands_pipelined_after_starttls_are_discarded(tls_gateway: LiveGateway, client_context: ssl.SSLContext) -> None:
+    """RFC 3207 4.2 (Postfix's CVE-2011-0411, aiosmtpd's CVE-2024-34083): what
+    follows STARTTLS in the same plaintext write, where a man in the middle could
+    have put it, is thrown away, not run inside the encrypted session."""
+    wire = tls_gateway.wire()
+    wire.command("EHLO tester.example")
+    credentials = b64(f"\0{VALID_INBOX}\0{VALID_KEY}")
+    injected = f"EHLO injected\r\nAUTH PLAIN {credentials}\r\nNOOP injected"
+    assert wire.command("STARTTLS\r\n" + injected) == "220 2.0.0 Ready to start TLS"
+    assert wire.buffer == b""
+    wire.sock = client_context.wrap_socket(wire.sock, server_hostname="127.0.0.1")
+    # The first reply over TLS answers our own command, not an injected one.
+    assert wire.command("NOOP") == "250 2.0.0 OK"
+    assert wire.command("EHLO tester.example").startswith("250 ")
+    assert wire.command(f"MAIL FROM:<{VALID_EMAIL}>") == "530 5.7.0 Authentication required"
+    wire.close()
+    tls_gateway.settle()
+    assert not AuthAttempt.objects.exists()  # the injected AUTH never ran
+
+
+def test_starttls_forgets_a_plaintext_authentication(
+    gateway_factory: Any, scenarios: None, certificate: tuple[Path, Path], client_context: ssl.SSLContext
+) -> None:
+    """RFC 3207 4.2: after the handshake the client starts over, even if it had
+    authenticated on plaintext (where the demo allows that)."""
+    cert, key = certificate
+    gateway = gateway_factory(tls_cert_file=cert, tls_key_file=key, auth_require_tls=False)
+    with gateway.smtp() as client:
+        assert client.login(VALID_INBOX, VALID_KEY)[0] == 235
+        client.starttls(context=client_context)
+        client.ehlo("tester.example")
+        assert client.mail(VALID_EMAIL) == (530, b"5.7.0 Authentication required")
+        assert client.login(VALID_INBOX, VALID_KEY)[0] == 235
+        assert client.mail(VALID_EMAIL)[0] == 250
+
+
 def test_starttls_without_certificate(gateway: LiveGateway) -> None:
     wire = gateway.wire()
     wire.command("EHLO tester.example")
