@@ -139,6 +139,26 @@ def test_pipelined_transaction(gateway: LiveGateway) -> None:
     assert Message.objects.get().subject == "piped"
 
 
+@pytest.mark.parametrize("fake_end", [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r\n.\r"])
+def test_only_crlf_dot_crlf_ends_the_data(gateway: LiveGateway, fake_end: bytes) -> None:
+    """SMTP smuggling (CVE-2023-51764 and kin; aiosmtpd's CVE-2024-27305): an end
+    of data spelt with a bare LF or CR must not end it here, or what follows would
+    run as commands, a second message in the same write. It stays part of the
+    one message, stored as sent."""
+    wire = authenticated_wire(gateway)
+    assert wire.command(f"MAIL FROM:<{VALID_EMAIL}>") == "250 2.1.0 Sender OK"
+    assert wire.command("RCPT TO:<a@example.com>") == "250 2.1.5 Recipient OK"
+    wire.command("DATA")
+    smuggled = b"MAIL FROM:<" + VALID_EMAIL.encode() + b">\r\nRCPT TO:<b@example.com>\r\nDATA\r\nSubject: smuggled\r\n\r\nx"
+    wire.sock.sendall(b"Subject: outer\r\n\r\nbody" + fake_end + smuggled + b"\r\n.\r\n")
+    assert wire.reply()[-1].startswith("250 2.0.0 Ok: queued as ")
+    assert wire.command("NOOP") == "250 2.0.0 OK"  # no replies to smuggled commands came first
+    message = Message.objects.get()
+    assert (message.subject, message.envelope_to) == ("outer", ["a@example.com"])
+    # A line (up to CRLF) that starts with a dot loses it, as dot stuffing asks.
+    assert b"body" + fake_end.replace(b"\r\n.", b"\r\n") + smuggled + b"\r\n" in bytes(message.raw)
+
+
 def test_eight_bit_and_smtputf8(gateway: LiveGateway) -> None:
     wire = authenticated_wire(gateway)
     assert wire.command(f"MAIL FROM:<{VALID_EMAIL}> BODY=8BITMIME SMTPUTF8") == "250 2.1.0 Sender OK"
