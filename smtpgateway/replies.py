@@ -81,6 +81,8 @@ SENDER_OK = "250 2.1.0 Sender OK"
 SENDER_NOT_OWNED = "553 5.7.1 Sender address not allowed for this inbox"
 RECIPIENT_OK = "250 2.1.5 Recipient OK"
 RECIPIENT_WITHOUT_DOMAIN = "553 5.1.3 Recipient address must name a domain"
+# RFC 6531 3.5: an address beyond ASCII needs SMTPUTF8 on MAIL (Postfix words it so).
+UNDECLARED_SMTPUTF8 = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 MESSAGE_TOO_LARGE = "552 5.2.3 Message too large"
 # The bodies in memory over all sessions reached SMTP_MAX_BUFFERED_DATA (RFC 5321

@@ -65,6 +65,8 @@ class GatewayHandler:
     ) -> str:
         identity = session.identity
         assert identity is not None  # check_auth_needed ran first
+        if not (address.isascii() or envelope.smtp_utf8):
+            return replies.UNDECLARED_SMTPUTF8
         # Domains are case-insensitive; local parts too at every provider we know.
         if address.lower() != identity.email.lower():
             log.warning(
@@ -80,6 +82,8 @@ class GatewayHandler:
     ) -> str:
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
+        if not (address.isascii() or envelope.smtp_utf8):
+            return replies.UNDECLARED_SMTPUTF8
         # The parser takes a bare local part ("<postmaster>", an unterminated
         # '<"x'); a submitted message for it could never be delivered anywhere.
         local_part, at, domain = address.rpartition("@")

@@ -171,6 +171,20 @@ def test_eight_bit_and_smtputf8(gateway: LiveGateway) -> None:
     assert "üñíçødé".encode() in bytes(message.raw)
 
 
+def test_an_address_beyond_ascii_needs_smtputf8_declared(gateway: LiveGateway) -> None:
+    """RFC 6531 3.5: without SMTPUTF8 on MAIL, a non-ASCII address is refused
+    with 5.6.7 (as Postfix does); the transaction goes on for the others."""
+    wire = authenticated_wire(gateway)
+    assert wire.command("MAIL FROM:<tëst@agentmail.dev>".encode()) == "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
+    assert wire.command(f"MAIL FROM:<{VALID_EMAIL}>") == "250 2.1.0 Sender OK"
+    assert wire.command("RCPT TO:<josé@exämple.com>".encode()) == "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
+    assert wire.command("RCPT TO:<jose@example.com>") == "250 2.1.5 Recipient OK"
+    wire.command("DATA")
+    wire.sock.sendall(b"Subject: ascii\r\n\r\nhi\r\n.\r\n")
+    assert wire.reply()[-1].startswith("250 2.0.0")
+    assert Message.objects.get().envelope_to == ["jose@example.com"]
+
+
 @pytest.mark.parametrize(
     "headers, subject, message_id",
     [
