@@ -1,0 +1,35 @@
+"""``manage.py pruneattempts``: delete old AUTH attempt records (for cron or a
+systemd timer; safe while gateways run)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from smtpgateway.limits import RateLimit
+from smtpgateway.retention import DEFAULT_BATCH_SIZE, cutoff, prune_attempts
+
+
+class Command(BaseCommand):
+    help = "Delete AuthAttempt rows older than --days, in small batches (never inside the AUTH rate limit's window)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--days", type=float, default=90, help="Keep this many days of records (default 90).")
+        parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="Rows per transaction (default %(default)s).")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["batch_size"] < 1:
+            raise CommandError("--batch-size must be at least 1.")
+        try:
+            keep = timedelta(days=options["days"])
+        except (ValueError, OverflowError):
+            raise CommandError(f"--days must be a number of days, not {options['days']}.") from None
+        try:
+            before = cutoff(keep, RateLimit.parse(settings.SMTP_AUTH_RATE_LIMIT))
+        except ValueError as error:
+            raise CommandError(str(error)) from None
+        deleted = prune_attempts(before, batch_size=options["batch_size"])
+        self.stdout.write(f"Deleted {deleted} AuthAttempt rows created before {before:%Y-%m-%d %H:%M:%S %Z}.")
