@@ -505,12 +505,19 @@ class GatewaySMTP(SMTP):
         await self.push(replies.START_MAIL_INPUT)
         body = bytearray()
         budget = self.event_handler.body_budget
+        identity = self.gateway_session().identity
+        owner = identity.inbox_pk if identity is not None else None
         try:
             try:
-                problem = await read_body(self._reader, body, self.data_size_limit, budget)
+                problem = await read_body(self._reader, body, self.data_size_limit, budget, owner)
             except asyncio.IncompleteReadError as eof:
                 raise _ClientGone from eof
             if problem is not None:
+                if problem is BodyProblem.NO_ROOM:
+                    log.warning(
+                        "Message body refused for now (session %s): bodies in memory %d of %d bytes; this inbox's %d of %d",
+                        self.gateway_session().session_id, budget.used, budget.limit, budget.held_by(owner), budget.share,
+                    )
                 self._set_post_data_state()
                 await self.push(_BODY_PROBLEM_REPLIES[problem])
                 return
@@ -519,7 +526,7 @@ class GatewaySMTP(SMTP):
             status = await self._call_handler_hook("DATA")
             self._set_post_data_state()
         finally:
-            budget.give_back(len(body))
+            budget.give_back(len(body), owner)
             del body
         await self.push(status)
 

@@ -24,7 +24,7 @@ from aiosmtpd.smtp import Envelope
 from django.db import DatabaseError
 
 from smtpgateway import replies
-from smtpgateway.body import BodyBudget
+from smtpgateway.body import BodyBudget, inbox_share
 from smtpgateway.config import GatewayConfig
 from smtpgateway.limits import ConnectionRegistry
 from smtpgateway.protocol import AUTH_MECHANISMS, GatewaySession, GatewaySMTP
@@ -46,7 +46,7 @@ class GatewayHandler:
         self.config = config
         self.db = db
         self.connections = ConnectionRegistry(config.max_connections, config.max_connections_per_ip, config.throttle_exempt)
-        self.body_budget = BodyBudget(config.max_buffered_data)
+        self.body_budget = BodyBudget(config.max_buffered_data, inbox_share(config.max_buffered_data, config.max_message_size))
         self.sessions: set[GatewaySMTP] = set()
         self.shutting_down = False
         # aiosmtpd's hook table ("MAIL" -> handle_MAIL), built once, not per connection.

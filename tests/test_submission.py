@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from inboxes.models import Message
+from inboxes.models import Inbox, Message
 from tests.helpers import VALID_EMAIL, VALID_INBOX, VALID_KEY, LiveGateway, auth, authenticated_wire, b64, eventually
 
 
@@ -324,3 +324,41 @@ def test_bodies_in_memory_over_all_sessions_are_bounded(gateway_factory: Any, sc
     eventually(lambda: budget.used == 300 * 1000)
     gone.close()
     eventually(lambda: budget.used == 0)
+
+
+def test_one_inbox_cannot_take_every_body_budget(gateway_factory: Any, scenarios: None, caplog: pytest.LogCaptureFixture) -> None:
+    """One inbox may hold a quarter of SMTP_MAX_BUFFERED_DATA (at least one
+    message of the largest size): past its share its next body is answered 452
+    4.3.1 while another inbox's body, which fits the whole budget, is taken."""
+    other = Inbox.objects.create(
+        inbox_id="inb_secondinbox0001", email="second@agentmail.dev", organization=Inbox.objects.get(inbox_id=VALID_INBOX).organization
+    )
+    gateway = gateway_factory(max_buffered_data=4_000_000, max_message_size=1_000_000)
+    budget = gateway.server.handler.body_budget
+    assert (budget.limit, budget.share) == (4_000_000, 1_000_000)
+    line = b"x" * 998 + b"\r\n"
+
+    def ready(wire: Any, sender: str) -> None:
+        assert wire.command(f"MAIL FROM:<{sender}>") == "250 2.1.0 Sender OK"
+        assert wire.command("RCPT TO:<a@example.com>") == "250 2.1.5 Recipient OK"
+        assert wire.command("DATA").startswith("354 ")
+
+    holding = authenticated_wire(gateway)
+    ready(holding, VALID_EMAIL)
+    holding.sock.sendall(b"Subject: held\r\n\r\n" + line * 800)
+    eventually(lambda: budget.used >= 800 * 1000)
+    same_inbox = authenticated_wire(gateway)
+    ready(same_inbox, VALID_EMAIL)
+    same_inbox.sock.sendall(b"Subject: same inbox\r\n\r\n" + line * 400 + b".\r\n")
+    assert same_inbox.reply() == ["452 4.3.1 Insufficient system storage, try again later"]
+    assert "bodies in memory 800" in caplog.text and "this inbox's 800" in caplog.text
+    other_inbox = gateway.wire()
+    other_inbox.command("EHLO tester.example")
+    assert other_inbox.command("AUTH PLAIN " + b64(f"\0{other.inbox_id}\0{VALID_KEY}")).startswith("235 ")
+    ready(other_inbox, other.email)
+    other_inbox.sock.sendall(b"Subject: other inbox\r\n\r\n" + line * 400 + b".\r\n")
+    assert other_inbox.reply()[-1].startswith("250 2.0.0")
+    holding.sock.sendall(b".\r\n")
+    assert holding.reply()[-1].startswith("250 2.0.0")
+    assert budget.used == 0 and budget.held_by(None) == 0
+    assert sorted(Message.objects.values_list("subject", flat=True)) == ["held", "other inbox"]
