@@ -11,7 +11,8 @@ the load generator, and a wrong one is an error, never a session. It also
 measures peak RSS with 256 idle sessions and around one 10 MiB message, and
 failed against successful AUTH in alternating short cells (paired_ratio), since
 two cells a dozen seconds apart differ by the machine's drift as much as by
-anything the servers do.
+anything the servers do; in those cells, our gateway's CPU per session thread by
+thread (event loop, AUTH checker, committer, log writer).
 
 The gateway runs as in production (DEBUG off, uvloop, the AUTH rate limit of
 10 failures per address per 10 minutes checked on every AUTH, every attempt
@@ -76,6 +77,8 @@ CONCURRENCY = [1, 16, 64, 256]
 # Failed against successful AUTH, alternating (paired_ratio).
 PAIRED_CONCURRENCY, PAIRED_ROUNDS, PAIRED_SECONDS = [64, 256], 6, 1.5
 SCALING_ROUNDS = 4  # cells per worker count, alternating
+# The gateway's threads, as smtpgateway.threadname names them (one committer: SMTP_DB_WORKERS=1).
+THREAD_COLUMNS = ["event loop", "smtp-check", "smtp-commit-0", "log-writer"]
 
 GATEWAY_ENV = {
     "DEBUG": "false",
@@ -165,6 +168,19 @@ class Server:
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def thread_seconds(self) -> dict[str, float]:
+        """CPU seconds per thread, by the name the OS has for it (the gateway names
+        its checker, committers and log writer; the main thread runs the event loop)."""
+        ticks: dict[str, float] = {}
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            try:
+                name = "event loop" if task.name == str(self.process.pid) else (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:  # the thread ended meanwhile
+                continue
+            ticks[name] = ticks.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return ticks
+
     def status_kib(self, key: str) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
             if line.startswith(key + ":"):
@@ -208,12 +224,13 @@ def load(port: int, scenario: Scenario, concurrency: int, seconds: float, pin: b
     return json.loads(output)
 
 
-def run_cell(server: Server, scenario: Scenario, concurrency: int, seconds: float) -> dict[str, float]:
-    cpu_before = server.cpu_seconds()
+def run_cell(server: Server, scenario: Scenario, concurrency: int, seconds: float) -> dict[str, Any]:
+    cpu_before, threads_before = server.cpu_seconds(), server.thread_seconds()
     result = load(server.port, scenario, concurrency, seconds)
-    cpu = server.cpu_seconds() - cpu_before
+    cpu, threads_after = server.cpu_seconds() - cpu_before, server.thread_seconds()
     sessions = max(result["sessions"], 1)
     return {
+        "thread_us": {name: (used - threads_before.get(name, 0.0)) * 1e6 / sessions for name, used in threads_after.items()},
         "rate": result["sessions"] / result["elapsed"],
         "cpu_ms": cpu * 1000 / sessions,
         "p50": result["auth_p50_ms"],
@@ -236,7 +253,13 @@ def paired_ratio(server: Server, base: Scenario, other: Scenario, concurrency: i
     rates = [b["rate"] / a["rate"] for a, b in pairs]
     cpus = [b["cpu_ms"] / a["cpu_ms"] for a, b in pairs]
     errors = sum(a["errors"] + b["errors"] for a, b in pairs)
-    return {"rate": statistics.median(rates), "low": min(rates), "high": max(rates), "cpu": statistics.median(cpus), "errors": errors, "rounds": rounds}
+    names = sorted({name for a, b in pairs for name in (*a["thread_us"], *b["thread_us"])})
+    threads = {  # median µs per session of each thread: (base, other)
+        name: (statistics.median(a["thread_us"].get(name, 0.0) for a, _ in pairs), statistics.median(b["thread_us"].get(name, 0.0) for _, b in pairs))
+        for name in names
+    }
+    return {"rate": statistics.median(rates), "low": min(rates), "high": max(rates), "cpu": statistics.median(cpus), "errors": errors,
+            "rounds": rounds, "threads": threads}
 
 
 def alternating(measure_a: Callable[[], T], measure_b: Callable[[], T], rounds: int) -> list[tuple[T, T]]:
@@ -395,6 +418,13 @@ def render(
                   "|---|---:|---:|---:|---:|---:|"]
         for (label, concurrency), pair in paired.items():
             lines.append(f"| {label} | {concurrency} | {pair['rate']:.2f} | {pair['low']:.2f}–{pair['high']:.2f} | {pair['cpu']:.2f} | {pair['errors']:.0f} |")
+        lines += ["", "Where the CPU goes, per thread of our gateway: µs per session, medians of the same rounds, successful / failed "
+                  "(a thread is counted where a tick of the kernel's 10 ms clock found it; short cells make these approximate).", "",
+                  "| server | conns | " + " | ".join(THREAD_COLUMNS) + " |", "|---|---:|" + "---:|" * len(THREAD_COLUMNS)]
+        for (label, concurrency), pair in paired.items():
+            if label != "reference":
+                cells = [f"{pair['threads'].get(name, (0.0, 0.0))[0]:.0f} / {pair['threads'].get(name, (0.0, 0.0))[1]:.0f}" for name in THREAD_COLUMNS]
+                lines.append(f"| {label} | {concurrency} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## Memory", "", "| server | RSS at start MiB | with 256 idle sessions | 10 MiB message: peak rise | RSS before → after the message |", "|---|---:|---:|---:|---:|"]
     for label, mem in memory.items():

@@ -34,6 +34,7 @@ from django.db import DatabaseError, close_old_connections, connection, connecti
 from smtpgateway.auth import Outcome
 from smtpgateway.checks import AuthJob, Checker, PendingFailures
 from smtpgateway.commits import Job, LastUsedWrites, RecordsJob, StoreJob, process
+from smtpgateway.threadname import name_native_thread
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ class DatabaseWorker:
     def _serve(
         self, jobs: queue.SimpleQueue[Any], run_batch: Callable[[list[Pending]], None], warm_up: Callable[[], None], linger: float = 0.0
     ) -> None:
+        name_native_thread()
         try:
             _warm(warm_up)
             while True:

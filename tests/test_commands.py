@@ -266,3 +266,17 @@ def test_runsmtp_warns_when_the_hard_limit_on_open_files_is_too_low(scenarios: N
         assert "WARNING:   open files are limited to 200 (hard limit), fewer than SMTP_MAX_CONNECTIONS (1000) + 64" in banner
     finally:
         assert server.stop()[0] == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names through /proc: Linux")
+def test_runsmtp_threads_carry_their_names(scenarios: None) -> None:
+    """`top -H`, `ps -L` and the benchmark's per-thread CPU see which thread is
+    which: the checker, the committers and the log writer are named at the OS
+    level, not only inside Python."""
+    server = RunSmtp(env={"SMTP_DB_WORKERS": "2"})
+    try:
+        tasks = Path(f"/proc/{server.process.pid}/task")
+        names = {(task / "comm").read_text().strip() for task in tasks.iterdir()}
+        assert {"smtp-check", "smtp-commit-0", "smtp-commit-1", "log-writer"} <= names, names
+    finally:
+        assert server.stop()[0] == 0
