@@ -27,7 +27,9 @@ INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
 LINE_TOO_LONG = "500 5.5.2 Line too long"
 BAD_SYNTAX = "500 5.5.2 Error: bad syntax"
 GREETING_SYNTAX = "501 5.5.4 Syntax: {command} hostname"
-TOO_MANY_UNRECOGNIZED = "502 5.5.1 Too many unrecognized commands, goodbye"
+# A reply that comes with closing the connection is a 421 (RFC 5321 3.8), so the
+# client knows not to send more; aiosmtpd said 502 and closed. Postfix says 421 too.
+TOO_MANY_UNRECOGNIZED = "421 4.7.0 Too many unrecognized commands, closing connection"
 TIMEOUT = "421 4.4.2 {hostname} Error: timeout exceeded"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down"
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"

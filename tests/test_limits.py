@@ -161,7 +161,7 @@ def test_unknown_commands_count_too_and_are_not_echoed(gateway_factory: Any, sce
     assert wire.command("\x1b[2JX") == "500 5.5.2 Error: command not recognized"
     for _ in range(2):
         wire.command("BAR")
-    assert wire.command("BAZ") == "502 5.5.1 Too many unrecognized commands, goodbye"
+    assert wire.command("BAZ") == "421 4.7.0 Too many unrecognized commands, closing connection"
     assert wire.closed_by_server()
 
 
