@@ -280,3 +280,12 @@ def test_runsmtp_threads_carry_their_names(scenarios: None) -> None:
         assert {"smtp-check", "smtp-commit-0", "smtp-commit-1", "log-writer"} <= names, names
     finally:
         assert server.stop()[0] == 0
+
+
+@pytest.mark.django_db
+def test_migrations_match_the_models() -> None:
+    """A model change without its migration would reach a fresh database (and CI's)
+    only as the old schema."""
+    out = io.StringIO()
+    call_command("makemigrations", "--check", "--dry-run", stdout=out)  # exits non-zero on a missing migration
+    assert "No changes detected" in out.getvalue()
