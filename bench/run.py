@@ -77,7 +77,7 @@ CONCURRENCY = [1, 16, 64, 256]
 # Failed against successful AUTH, alternating (paired_ratio).
 PAIRED_CONCURRENCY, PAIRED_ROUNDS, PAIRED_SECONDS = [64, 256], 6, 1.5
 SCALING_ROUNDS = 4  # cells per worker count, alternating
-# The gateway's threads, as smtpgateway.threadname names them (one committer: SMTP_DB_WORKERS=1).
+# The gateway's threads, as smtpgateway.glibc names them (one committer: SMTP_DB_WORKERS=1).
 THREAD_COLUMNS = ["event loop", "smtp-check", "smtp-commit-0", "log-writer"]
 
 GATEWAY_ENV = {
@@ -423,7 +423,8 @@ def render(
                   "| server | conns | " + " | ".join(THREAD_COLUMNS) + " |", "|---|---:|" + "---:|" * len(THREAD_COLUMNS)]
         for (label, concurrency), pair in paired.items():
             if label != "reference":
-                cells = [f"{pair['threads'].get(name, (0.0, 0.0))[0]:.0f} / {pair['threads'].get(name, (0.0, 0.0))[1]:.0f}" for name in THREAD_COLUMNS]
+                per_thread = [pair["threads"].get(name, (0.0, 0.0)) for name in THREAD_COLUMNS]
+                cells = [f"{successful:.0f} / {failed:.0f}" for successful, failed in per_thread]
                 lines.append(f"| {label} | {concurrency} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## Memory", "", "| server | RSS at start MiB | with 256 idle sessions | 10 MiB message: peak rise | RSS before → after the message |", "|---|---:|---:|---:|---:|"]

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from typing import TextIO
 
-from smtpgateway.threadname import name_native_thread
+from smtpgateway import glibc
 
 FLUSH_TIMEOUT = 5.0  # seconds that flush() and close() wait for a stalled stream
 WRITE_INTERVAL = 0.05  # seconds between the writer's passes
@@ -81,7 +81,7 @@ class BackgroundStreamHandler(logging.Handler):
         super().close()
 
     def _write_forever(self) -> None:
-        name_native_thread()
+        glibc.name_native_thread()
         while True:
             with self._changed:
                 if not self._closed:

@@ -506,7 +506,8 @@ class GatewaySMTP(SMTP):
         body = bytearray()
         budget = self.event_handler.body_budget
         identity = self.gateway_session().identity
-        owner = identity.inbox_pk if identity is not None else None
+        assert identity is not None  # check_auth_needed ran first
+        owner = identity.inbox_pk  # whose share of the body budget this body takes
         try:
             try:
                 problem = await read_body(self._reader, body, self.data_size_limit, budget, owner)

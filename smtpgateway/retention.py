@@ -29,7 +29,7 @@ DEFAULT_BATCH_SIZE = 1000
 PAUSE_BETWEEN_BATCHES = 0.01
 
 
-def cutoff(keep: timedelta, rate_limit: RateLimit | None, now: datetime | None = None) -> datetime:
+def cutoff(keep: timedelta, rate_limit: RateLimit | None) -> datetime:
     """The time before which rows may go, keeping ``keep``; refused (ValueError)
     if that would reach into the rate limit's window."""
     if keep <= timedelta(0):
@@ -38,7 +38,7 @@ def cutoff(keep: timedelta, rate_limit: RateLimit | None, now: datetime | None =
         raise ValueError(
             f"Keeping {keep} would delete failures the AUTH rate limit still counts (its window is {rate_limit.window})."
         )
-    return (now or timezone.now()) - keep
+    return timezone.now() - keep
 
 
 def prune_attempts(before: datetime, batch_size: int = DEFAULT_BATCH_SIZE, pause: float = PAUSE_BETWEEN_BATCHES) -> int:

@@ -22,7 +22,6 @@ wait for that.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import queue
 import threading
@@ -33,8 +32,8 @@ from django.db import DatabaseError, close_old_connections, connection, connecti
 
 from smtpgateway.auth import Outcome
 from smtpgateway.checks import AuthJob, Checker, PendingFailures
+from smtpgateway import glibc
 from smtpgateway.commits import Job, LastUsedWrites, RecordsJob, StoreJob, process
-from smtpgateway.threadname import name_native_thread
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +53,8 @@ def _load_trim() -> Callable[[], None]:
     """glibc's malloc_trim: hand freed heap memory back to the system. After a
     batch that stored megabytes of messages, this thread's arena would otherwise
     keep that memory for good."""
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return lambda: None
-    return lambda: trim(0)
+    trim = glibc.function("malloc_trim")
+    return (lambda: None) if trim is None else (lambda: trim(0))
 
 
 _trim_heap = _load_trim()
@@ -144,7 +140,7 @@ class DatabaseWorker:
     def _serve(
         self, jobs: queue.SimpleQueue[Any], run_batch: Callable[[list[Pending]], None], warm_up: Callable[[], None], linger: float = 0.0
     ) -> None:
-        name_native_thread()
+        glibc.name_native_thread()
         try:
             _warm(warm_up)
             while True:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import errno
 import logging
 import math
@@ -16,6 +15,7 @@ from typing import Any, Coroutine
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from smtpgateway import glibc
 from smtpgateway.supervisor import run_workers
 from smtpgateway.server import AUTH_MECHANISMS, GatewayConfig, GatewayServer, serve_until_signalled
 
@@ -36,12 +36,10 @@ def return_large_buffers_to_the_system() -> None:
     mmap'ed and go back to the system when freed. By default the threshold rises to
     the largest block ever freed, after which 10 MiB messages are served from the
     heap and a long-running server keeps their memory for good."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: nothing to tune
-        return
-    m_mmap_threshold = -3
-    libc.mallopt(m_mmap_threshold, 128 * 1024)
+    mallopt = glibc.function("mallopt")
+    if mallopt is not None:  # without glibc: nothing to tune
+        m_mmap_threshold = -3
+        mallopt(m_mmap_threshold, 128 * 1024)
 
 
 # Open files a gateway needs besides its sessions: listening sockets, database
