@@ -652,9 +652,13 @@ class GatewaySMTP(SMTP):
         parts = blob.split(b"\x00")
         if len(parts) != 3:
             return _Rejected(Reason.MALFORMED, replies.AUTH_BAD_PLAIN)
-        # RFC 4616: authzid, authcid, password. We act only as authcid, so an
-        # authzid is ignored (as most submission servers do).
-        return parts[1], parts[2]
+        authzid, authcid, password = parts
+        # RFC 4616 section 2: the session acts as the authzid when one is given,
+        # and an inbox may act only as itself. Refused before any check, so it
+        # reveals nothing about the credentials (Cyrus and Dovecot refuse it too).
+        if authzid and authzid != authcid:
+            return _Rejected(Reason.AUTHZID_MISMATCH, replies.AUTH_INVALID, username=authcid)
+        return authcid, password
 
     async def _read_login(self, initial: str | None) -> tuple[bytes, bytes] | _Rejected:
         if initial is None:

@@ -62,6 +62,29 @@ def test_malformed_payload_is_recorded(gateway: LiveGateway, exchange: list[str]
     assert wire.command("AUTH PLAIN " + b64(f"\0{VALID_INBOX}\0{VALID_KEY}")).startswith("235 2.7.0")
 
 
+def test_plain_authzid_other_than_the_inbox_is_refused(gateway: LiveGateway) -> None:
+    """RFC 4616 section 2: a PLAIN authzid asks to act as someone else. With
+    valid credentials for one inbox, acting as another is refused with the same
+    reply as any failure, before the credentials are looked at."""
+    with gateway.smtp() as client:
+        client.ehlo("tester.example")
+        assert client.docmd("AUTH", "PLAIN " + b64(f"inb_other12345678901\0{VALID_INBOX}\0{VALID_KEY}")) == (
+            535,
+            b"5.7.8 Authentication credentials invalid",
+        )
+        # Naming oneself as the authzid is the same as naming nobody.
+        assert client.docmd("AUTH", "PLAIN " + b64(f"{VALID_INBOX}\0{VALID_INBOX}\0{VALID_KEY}"))[0] == 235
+    gateway.settle()
+    refused, accepted = AuthAttempt.objects.order_by("created_at", "id")
+    assert (refused.success, refused.reason, refused.username, refused.credential_failure) == (
+        False,
+        "AUTHZID_MISMATCH",
+        VALID_INBOX,
+        False,
+    )
+    assert (accepted.success, accepted.reason) == (True, "OK")
+
+
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
 def test_client_abort_is_recorded(gateway: LiveGateway, mechanism: str) -> None:
     wire = ehlo(gateway)
