@@ -33,7 +33,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from aiosmtpd.proxy_protocol import get_proxy
-from aiosmtpd.smtp import SMTP, Session, TLSSetupException, syntax
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
 from django.utils import timezone
 
 from smtpgateway import replies
@@ -80,6 +80,13 @@ class Identity:
     email: str
     organization_id: int
     api_key_id: int
+
+
+class GatewayEnvelope(Envelope):
+    def __init__(self) -> None:
+        super().__init__()
+        # The recipients so far, domain in lower case: to keep each mailbox once.
+        self.mailboxes: set[str] = set()
 
 
 class GatewaySession(Session):
@@ -194,6 +201,9 @@ class GatewaySMTP(SMTP):
 
     def _create_session(self) -> GatewaySession:
         return GatewaySession(self.loop)
+
+    def _create_envelope(self) -> GatewayEnvelope:
+        return GatewayEnvelope()
 
     def gateway_session(self) -> GatewaySession:
         """The session, typed as ours (None only before connection_made)."""

@@ -20,14 +20,13 @@ import signal
 import ssl
 from typing import Callable
 
-from aiosmtpd.smtp import Envelope
 from django.db import DatabaseError
 
 from smtpgateway import replies
 from smtpgateway.body import BodyBudget, inbox_share
 from smtpgateway.config import GatewayConfig
 from smtpgateway.limits import ConnectionRegistry
-from smtpgateway.protocol import AUTH_MECHANISMS, GatewaySession, GatewaySMTP
+from smtpgateway.protocol import AUTH_MECHANISMS, GatewayEnvelope, GatewaySession, GatewaySMTP
 from smtpgateway.recorder import recorder
 from smtpgateway.commits import FlushJob, StoreJob
 from smtpgateway.submission import Submission
@@ -61,7 +60,7 @@ class GatewayHandler:
         return None
 
     async def handle_MAIL(
-        self, server: GatewaySMTP, session: GatewaySession, envelope: Envelope, address: str, mail_options: list[str]
+        self, server: GatewaySMTP, session: GatewaySession, envelope: GatewayEnvelope, address: str, mail_options: list[str]
     ) -> str:
         identity = session.identity
         assert identity is not None  # check_auth_needed ran first
@@ -78,10 +77,8 @@ class GatewayHandler:
         return replies.SENDER_OK
 
     async def handle_RCPT(
-        self, server: GatewaySMTP, session: GatewaySession, envelope: Envelope, address: str, rcpt_options: list[str]
+        self, server: GatewaySMTP, session: GatewaySession, envelope: GatewayEnvelope, address: str, rcpt_options: list[str]
     ) -> str:
-        if len(envelope.rcpt_tos) >= self.config.max_recipients:
-            return replies.TOO_MANY_RECIPIENTS
         if not (address.isascii() or envelope.smtp_utf8):
             return replies.UNDECLARED_SMTPUTF8
         # The parser takes a bare local part ("<postmaster>", an unterminated
@@ -89,11 +86,21 @@ class GatewayHandler:
         local_part, at, domain = address.rpartition("@")
         if not (local_part and at and domain):
             return replies.RECIPIENT_WITHOUT_DOMAIN
+        # A repeated recipient is accepted and kept once, as Postfix's cleanup
+        # does, so that nothing downstream delivers the message to it twice. Only
+        # the domain is compared without regard to case (RFC 5321 2.4: a local
+        # part may be case-sensitive).
+        mailbox = f"{local_part}@{domain.lower()}"
+        if mailbox in envelope.mailboxes:
+            return replies.RECIPIENT_OK
+        if len(envelope.rcpt_tos) >= self.config.max_recipients:
+            return replies.TOO_MANY_RECIPIENTS
+        envelope.mailboxes.add(mailbox)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK
 
-    async def handle_DATA(self, server: GatewaySMTP, session: GatewaySession, envelope: Envelope) -> str:
+    async def handle_DATA(self, server: GatewaySMTP, session: GatewaySession, envelope: GatewayEnvelope) -> str:
         identity = session.identity
         assert identity is not None and envelope.mail_from is not None
         submission = Submission(

@@ -46,6 +46,24 @@ def test_recipient_limit(gateway: LiveGateway) -> None:
     assert wire.command("RCPT TO:<r100@example.com>") == "452 4.5.3 Too many recipients"
 
 
+def test_a_repeated_recipient_is_kept_once(gateway: LiveGateway) -> None:
+    """Accepted each time, stored once; the domain's case does not make another
+    mailbox, the local part's does (RFC 5321 2.4). A repeat takes no place under
+    the recipient limit."""
+    with gateway.smtp() as client:
+        auth(client, "PLAIN", VALID_INBOX, VALID_KEY)
+        recipients = ["a@example.com", "a@EXAMPLE.com", "<@relay.example:a@example.com>", "A@example.com", "a@example.com"]
+        refused = client.sendmail(VALID_EMAIL, recipients, b"Subject: twice\r\n\r\nx\r\n")
+    assert refused == {}
+    assert Message.objects.get().envelope_to == ["a@example.com", "A@example.com"]
+    wire = authenticated_wire(gateway)
+    wire.command(f"MAIL FROM:<{VALID_EMAIL}>")
+    for n in range(100):
+        assert wire.command(f"RCPT TO:<r{n}@example.com>") == "250 2.1.5 Recipient OK"
+    assert wire.command("RCPT TO:<r7@Example.COM>") == "250 2.1.5 Recipient OK"
+    assert wire.command("RCPT TO:<r100@example.com>") == "452 4.5.3 Too many recipients"
+
+
 def test_declared_size_over_limit(gateway: LiveGateway) -> None:
     wire = authenticated_wire(gateway)
     assert wire.command(f"MAIL FROM:<{VALID_EMAIL}> SIZE=10485761") == "552 5.2.3 Message too large"
