@@ -78,6 +78,10 @@ def gateway_factory(transactional_db: None, leak_guard: None, caplog: pytest.Log
     yield start
     for live in started:
         live.stop()
+    # The log writer thread writes behind; let it finish this test's lines while
+    # pytest still captures them, not over the summary of a later test.
+    for handler in logging.getLogger().handlers:
+        handler.flush()
     from smtpgateway.recorder import recorder
 
     assert len(recorder) == 0, "the gateway stopped with AuthAttempt records unwritten"
