@@ -159,6 +159,9 @@ SMTP_AUTH_RATE_LIMIT: str = env.str("SMTP_AUTH_RATE_LIMIT", default="10/600")
 # read (0 to 1 second): a revoked key or disabled inbox is refused within this.
 SMTP_AUTH_CACHE_SECONDS: float = env.float("SMTP_AUTH_CACHE_SECONDS", default=1.0)
 SMTP_THROTTLE_EXEMPT: list[str] = env.list("SMTP_THROTTLE_EXEMPT", default=[])
+# The per-address limits count an IPv6 client by its network of this many bits
+# (64: a host can rotate through its /64); 128 counts each address.
+SMTP_IPV6_CLIENT_PREFIX: int = env.int("SMTP_IPV6_CLIENT_PREFIX", default=64)
 SMTP_MAX_CONNECTIONS: int = env.int("SMTP_MAX_CONNECTIONS", default=1000)
 SMTP_MAX_CONNECTIONS_PER_IP: int = env.int("SMTP_MAX_CONNECTIONS_PER_IP", default=20)
 SMTP_MAX_UNAUTH_COMMANDS: int = env.int("SMTP_MAX_UNAUTH_COMMANDS", default=10)

@@ -124,31 +124,34 @@ class Peer:
     session_id: str
     remote_addr: str | None
     remote_port: int | None
+    # What the rate limit counts by (smtpgateway.limits.client_network).
+    client_network: str | None
     tls: TlsInfo | None = None
 
 
-def recent_failures(addresses: set[str], since: datetime, enough: int) -> dict[str, set[tuple[str, datetime]]]:
-    """Failed credential checks per address since ``since``, each as (session id,
-    time): one query for a whole batch, on the partial index of counted failures.
-    Enough to compare with a limit of ``enough``: all of an address's, or at least
+def recent_failures(clients: set[str], since: datetime, enough: int) -> dict[str, set[tuple[str, datetime]]]:
+    """Failed credential checks per client (``client_network``) since ``since``,
+    each as (session id, time): one query for a whole batch, on the partial index
+    of counted failures.
+    Enough to compare with a limit of ``enough``: all of a client's, or at least
     its newest ``enough``. Counted in the database, so every gateway process
     sharing it sees the same numbers; returned by identity so that the checker can
     add this process's failures not yet committed without counting one twice.
 
-    The rows read stay few however hard an address attacks: refusals
-    (RATE_LIMITED) are not counted failures, so once locked out an address adds
+    The rows read stay few however hard a client attacks: refusals
+    (RATE_LIMITED) are not counted failures, so once locked out a client adds
     nothing to the index (lockout ends one window after its last real guess), and
     the checker stops checking credentials for it at the limit."""
-    if not addresses:
+    if not clients:
         return {}
     connection = connections[AuthAttempt.objects.db]
     if connection.vendor == "postgresql":
-        rows = _newest_failures_postgresql(connection, addresses, since, enough)
+        rows = _newest_failures_postgresql(connection, clients, since, enough)
     else:
-        rows = _RECENT_FAILURES.rows((_padded(addresses), since))
+        rows = _RECENT_FAILURES.rows((_padded(clients), since))
     failures: dict[str, set[tuple[str, datetime]]] = {}
-    for address, session_id, created_at in rows:
-        failures.setdefault(address, set()).add((session_id, created_at))
+    for client, session_id, created_at in rows:
+        failures.setdefault(client, set()).add((session_id, created_at))
     return failures
 
 
@@ -158,68 +161,68 @@ def recent_failures(addresses: set[str], since: datetime, enough: int) -> dict[s
 # estimated a row or two and scanned the created_at index instead, filtering
 # every attempt in the window on each batch: 10 ms at 65,000 rows, growing with
 # the attack, measured in the benchmark. Here the window is not in the
-# subquery at all (its LIMIT keeps the outer condition out): each address takes
-# its newest ``enough`` counted failures from the partial index (remote_addr,
+# subquery at all (its LIMIT keeps the outer condition out): each client takes
+# its newest ``enough`` counted failures from the partial index (client_network,
 # created_at), newest first, reading at most that many entries. The only other
 # way, walking the created_at index backwards, is costed by how common the
-# address is, which the statistics do know, not by a guess at the window.
+# client is, which the statistics do know, not by a guess at the window.
 _NEWEST_FAILURES_POSTGRESQL = """
-SELECT asked.address, failure.session_id, failure.created_at
-FROM unnest(%s::text[]) AS asked(address)
+SELECT asked.client, failure.session_id, failure.created_at
+FROM unnest(%s::text[]) AS asked(client)
 CROSS JOIN LATERAL (
     SELECT session_id, created_at FROM {table}
-    WHERE credential_failure AND remote_addr = asked.address::inet
+    WHERE credential_failure AND client_network = asked.client
     ORDER BY created_at DESC LIMIT %s
 ) AS failure
 WHERE failure.created_at >= %s
 """.format(table=AuthAttempt._meta.db_table)
 
 
-def _newest_failures_postgresql(connection: Any, addresses: set[str], since: datetime, enough: int) -> list[tuple[Any, ...]]:
+def _newest_failures_postgresql(connection: Any, clients: set[str], since: datetime, enough: int) -> list[tuple[Any, ...]]:
     with connection.cursor() as cursor:
-        cursor.execute(_NEWEST_FAILURES_POSTGRESQL, [list(addresses), enough, since])
+        cursor.execute(_NEWEST_FAILURES_POSTGRESQL, [list(clients), enough, since])
         return cursor.fetchall()
 
 
-def _padded(addresses: set[str]) -> tuple[str, ...]:
-    """(SQLite) The addresses, padded to the next power of two with addresses of 0.0.0.0/8
+def _padded(clients: set[str]) -> tuple[str, ...]:
+    """(SQLite) The clients, padded to the next power of two with addresses of 0.0.0.0/8
     ("this network", never a TCP peer; and any row one matched would be ignored,
     as it was not asked for). The read then comes in nine lengths up to a batch
     of 256, each compiled once, instead of one for every batch size: under load
     new sizes kept turning up, and each first compilation cost ~0.8 ms of the
     checker's time, holding the GIL and the batch's replies. (Hibernate pads its
     IN lists, ``in_clause_parameter_padding``, for the same reason. Padding by
-    repeating an address would not do: the ORM drops repeats from an IN list.)"""
-    listed = tuple(addresses)
+    repeating a client would not do: the ORM drops repeats from an IN list.)"""
+    listed = tuple(clients)
     return listed + _PADDING[: (1 << (len(listed) - 1).bit_length()) - len(listed)]
 
 
-# Made once, not per batch: a list of n addresses needs fewer than n of them.
+# Made once, not per batch: a list of n clients needs fewer than n of them.
 _PADDING = tuple(f"0.0.{number >> 8}.{number & 255}" for number in range(256))
 
 
-# (addresses, since): compiled once per number of addresses (smtpgateway.compiled).
+# (clients, since): compiled once per number of clients (smtpgateway.compiled).
 FailuresAsked = tuple[tuple[str, ...], datetime]
 
 
 def _failures_queryset(asked: FailuresAsked) -> QuerySet[AuthAttempt, tuple[str, str, datetime]]:
-    addresses, since = asked
+    clients, since = asked
     return (
-        AuthAttempt.objects.filter(credential_failure=True, created_at__gte=since, remote_addr__in=addresses)
-        .values_list("remote_addr", "session_id", "created_at")
+        AuthAttempt.objects.filter(credential_failure=True, created_at__gte=since, client_network__in=clients)
+        .values_list("client_network", "session_id", "created_at")
         .order_by()
     )
 
 
 _CREATED_AT = AuthAttempt._meta.get_field("created_at")
-_REMOTE_ADDR = AuthAttempt._meta.get_field("remote_addr")
+_CLIENT_NETWORK = AuthAttempt._meta.get_field("client_network")
 
 
 def _failures_params(asked: FailuresAsked, connection: Any) -> list[Any]:
-    addresses, since = asked
-    return [
+    clients, since = asked
+    return [  # in the order the ORM puts the conditions: by field name
+        *(_CLIENT_NETWORK.get_db_prep_value(client, connection) for client in clients),
         _CREATED_AT.get_db_prep_value(since, connection),
-        *(_REMOTE_ADDR.get_db_prep_value(address, connection) for address in addresses),
     ]
 
 

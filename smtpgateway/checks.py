@@ -111,41 +111,41 @@ class PendingFailures:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_address: dict[str, dict[FailureId, None]] = {}
+        self._by_client: dict[str, dict[FailureId, None]] = {}
 
     def add(self, record: AttemptRecord) -> None:
-        if record.credential_failure and record.remote_addr:
+        if record.credential_failure and record.client_network:
             with self._lock:
-                self._by_address.setdefault(record.remote_addr, {})[(record.session_id, record.created_at)] = None
+                self._by_client.setdefault(record.client_network, {})[(record.session_id, record.created_at)] = None
 
     def forget(self, records: list[AttemptRecord]) -> None:
         with self._lock:
             for record in records:
-                if record.credential_failure and record.remote_addr:
-                    pending = self._by_address.get(record.remote_addr)
+                if record.credential_failure and record.client_network:
+                    pending = self._by_client.get(record.client_network)
                     if pending is not None:
                         pending.pop((record.session_id, record.created_at), None)
                         if not pending:
-                            del self._by_address[record.remote_addr]
+                            del self._by_client[record.client_network]
 
-    def identities(self, addresses: set[str], since: datetime) -> dict[str, set[FailureId]]:
-        """These addresses' pending failures since ``since`` (one lock for the
+    def identities(self, clients: set[str], since: datetime) -> dict[str, set[FailureId]]:
+        """These clients' pending failures since ``since`` (one lock for the
         batch); older ones are dropped (they no longer count, and a record the
         database never took must not stay here for good)."""
         found: dict[str, set[FailureId]] = {}
         with self._lock:
-            for address in addresses:
-                pending = self._by_address.get(address)
+            for client in clients:
+                pending = self._by_client.get(client)
                 if not pending:
                     continue
                 for stale in [identity for identity in pending if identity[1] < since]:
                     del pending[stale]
-                found[address] = set(pending)
+                found[client] = set(pending)
         return found
 
     def __len__(self) -> int:
         with self._lock:
-            return sum(len(pending) for pending in self._by_address.values())
+            return sum(len(pending) for pending in self._by_client.values())
 
 
 class Checker:
@@ -188,29 +188,29 @@ class Checker:
         lookup = self._lookup(texts)
         outcomes = []
         for job, (username, password) in zip(jobs, texts):
-            address = job.peer.remote_addr or ""
-            if job.rate_limit is not None and failures.get(address, 0) >= job.rate_limit.failures:
+            client = job.peer.client_network or ""
+            if job.rate_limit is not None and failures.get(client, 0) >= job.rate_limit.failures:
                 outcome = Outcome(Reason.RATE_LIMITED)
             else:
                 outcome = validate(username, password, lookup, now)
             if outcome.reason.value in CREDENTIAL_FAILURES:
-                failures[address] = failures.get(address, 0) + 1  # later jobs in this batch see it
+                failures[client] = failures.get(client, 0) + 1  # later jobs in this batch see it
             outcomes.append(outcome)
         return outcomes
 
     def _failure_counts(self, jobs: list[AuthJob], now: datetime) -> dict[str, int]:
-        limited = [job for job in jobs if job.rate_limit is not None and job.peer.remote_addr]
+        limited = [job for job in jobs if job.rate_limit is not None and job.peer.client_network]
         if not limited:
             return {}
         since = now - max(job.rate_limit.window for job in limited)  # type: ignore[union-attr]
         enough = max(job.rate_limit.failures for job in limited)  # type: ignore[union-attr]
-        addresses = {job.peer.remote_addr for job in limited if job.peer.remote_addr}
+        clients = {job.peer.client_network for job in limited if job.peer.client_network}
         # Pending first, then the database: a failure committed (and forgotten) in
         # between is then in the database's answer; read the other way round, it
         # could be in neither.
-        pending = self.pending.identities(addresses, since)
-        committed = recent_failures(addresses, since, enough)
-        return {address: len(committed.get(address, set()) | pending.get(address, set())) for address in addresses}
+        pending = self.pending.identities(clients, since)
+        committed = recent_failures(clients, since, enough)
+        return {client: len(committed.get(client, set()) | pending.get(client, set())) for client in clients}
 
     def _lookup(self, texts: list[tuple[str, str]]) -> Lookup:
         """Key and inbox facts for this batch: from the cache when fresh, else read

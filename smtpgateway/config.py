@@ -8,7 +8,7 @@ from typing import Any
 
 from django.conf import settings
 
-from smtpgateway.limits import Network, RateLimit, parse_networks
+from smtpgateway.limits import Network, RateLimit, checked_ipv6_prefix, parse_networks
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class GatewayConfig:
     # Seconds a key's or inbox's state may be served from memory (0 to 1).
     auth_cache_seconds: float = 1.0
     throttle_exempt: tuple[Network, ...] = ()
+    # Bits of an IPv6 address that make one client for the per-address limits.
+    ipv6_client_prefix: int = 64
     max_connections: int = 1000
     max_connections_per_ip: int = 20
     # Bytes of message bodies held in memory at once, over all sessions (0: no limit).
@@ -71,6 +73,7 @@ class GatewayConfig:
             auth_rate_limit=RateLimit.parse(settings.SMTP_AUTH_RATE_LIMIT),
             auth_cache_seconds=settings.SMTP_AUTH_CACHE_SECONDS,
             throttle_exempt=parse_networks(settings.SMTP_THROTTLE_EXEMPT),
+            ipv6_client_prefix=checked_ipv6_prefix(settings.SMTP_IPV6_CLIENT_PREFIX),
             max_connections=settings.SMTP_MAX_CONNECTIONS,
             max_connections_per_ip=settings.SMTP_MAX_CONNECTIONS_PER_IP,
             max_buffered_data=settings.SMTP_MAX_BUFFERED_DATA,

@@ -21,6 +21,13 @@ class AuthAttempt(models.Model):
     created_at = models.DateTimeField(db_index=True)
     remote_addr = models.GenericIPAddressField(null=True, blank=True)
     remote_port = models.PositiveIntegerField(null=True, blank=True)
+    client_network = models.CharField(
+        max_length=43,  # "ffff:...:ffff/128"
+        null=True,  # rows from before migration 0009 outside the window it filled
+        blank=True,
+        help_text="What the AUTH rate limit counts by: the IPv4 address, or the IPv6 address's network "
+        "(SMTP_IPV6_CLIENT_PREFIX bits, /64 by default).",
+    )
     session_id = models.CharField(max_length=32, help_text="Also in the gateway's log lines.")
     encrypted = models.BooleanField(default=False, help_text="Whether the session was under TLS.")
     tls_version = models.CharField(max_length=16, blank=True)
@@ -50,14 +57,14 @@ class AuthAttempt(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
-            # The rate limit counts an address's recent failed credential checks on
-            # every AUTH. This partial index holds only those rows: not successes,
-            # and not the refusals of an address already locked out, so a check
-            # reads at most `limit` entries however hard an attack is.
+            # The rate limit counts a client's (client_network's) recent failed
+            # credential checks on every AUTH. This partial index holds only those
+            # rows: not successes, and not the refusals of a client already locked
+            # out, so a check reads at most `limit` entries however hard an attack is.
             # (A boolean condition, not "reason IN (...)": SQLite uses a partial index
             # only when the query states its condition literally, without parameters.)
             models.Index(
-                fields=["remote_addr", "created_at"],
+                fields=["client_network", "created_at"],
                 condition=models.Q(credential_failure=True),
                 name="authattempt_counted_failures",
             ),

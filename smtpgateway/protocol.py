@@ -42,7 +42,7 @@ from smtpgateway.auth import Outcome, Peer
 from smtpgateway.body import BodyProblem, read_body
 from smtpgateway.checks import AuthJob
 from smtpgateway.commits import RecordsJob
-from smtpgateway.limits import is_exempt
+from smtpgateway.limits import client_network, is_exempt
 from smtpgateway.reasons import Reason
 from smtpgateway.recorder import AttemptRecord
 from smtpgateway.safetext import CONTROL_OR_UNDECODABLE
@@ -99,6 +99,8 @@ class GatewaySession(Session):
         # Subject to the rate limit and failure delay (not in SMTP_THROTTLE_EXEMPT);
         # decided once the client's address is known.
         self.throttled = True
+        # What the per-address limits count it by (an IPv6 client: its network).
+        self.client_network: str | None = None
 
     @property
     def remote_addr(self) -> str | None:
@@ -569,11 +571,12 @@ class GatewaySMTP(SMTP):
     def peer(self) -> Peer:
         session = self.gateway_session()
         port = session.peer[1] if isinstance(session.peer, tuple) else None
-        return Peer(session.session_id, session.remote_addr, port, session.tls)
+        return Peer(session.session_id, session.remote_addr, port, session.client_network, session.tls)
 
     def _classify_client(self) -> None:
         session = self.gateway_session()
         session.throttled = not is_exempt(session.remote_addr, self.config.throttle_exempt)
+        session.client_network = client_network(session.remote_addr, self.config.ipv6_client_prefix)
 
     @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg: str | None) -> None:

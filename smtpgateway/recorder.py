@@ -38,6 +38,7 @@ class AttemptRecord:
     session_id: str
     remote_addr: str | None
     remote_port: int | None
+    client_network: str | None
     encrypted: bool
     tls_version: str
     tls_cipher: str
@@ -70,6 +71,7 @@ class AttemptRecord:
             session_id=peer.session_id,
             remote_addr=peer.remote_addr,
             remote_port=peer.remote_port,
+            client_network=peer.client_network,
             encrypted=peer.tls is not None,
             tls_version=peer.tls.version if peer.tls else "",
             tls_cipher=peer.tls.cipher[:64] if peer.tls else "",

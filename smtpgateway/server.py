@@ -44,7 +44,9 @@ class GatewayHandler:
     def __init__(self, config: GatewayConfig, db: DatabaseWorker) -> None:
         self.config = config
         self.db = db
-        self.connections = ConnectionRegistry(config.max_connections, config.max_connections_per_ip, config.throttle_exempt)
+        self.connections = ConnectionRegistry(
+            config.max_connections, config.max_connections_per_ip, config.throttle_exempt, config.ipv6_client_prefix
+        )
         self.body_budget = BodyBudget(config.max_buffered_data, inbox_share(config.max_buffered_data, config.max_message_size))
         self.sessions: set[GatewaySMTP] = set()
         self.shutting_down = False

@@ -27,6 +27,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def log_lines_stay_with_their_test() -> Iterator[None]:
+    """The log writer thread writes behind; let it write a test's lines while
+    pytest still captures that test, not over a later test's output or the summary."""
+    yield
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
 @pytest.fixture
 def scenarios(transactional_db: None) -> None:
     """The demo organizations, inboxes and keys (`manage.py loaddata scenarios`)."""
@@ -78,10 +87,6 @@ def gateway_factory(transactional_db: None, leak_guard: None, caplog: pytest.Log
     yield start
     for live in started:
         live.stop()
-    # The log writer thread writes behind; let it finish this test's lines while
-    # pytest still captures them, not over the summary of a later test.
-    for handler in logging.getLogger().handlers:
-        handler.flush()
     from smtpgateway.recorder import recorder
 
     assert len(recorder) == 0, "the gateway stopped with AuthAttempt records unwritten"

@@ -77,7 +77,7 @@ def test_cache_holds_a_bounded_number_of_entries() -> None:
 
 
 def failed_job(session_id: str) -> AuthJob:
-    return AuthJob(Peer(session_id, "192.0.2.7", 40000), "PLAIN", VALID_INBOX.encode(), UNKNOWN_KEY.encode(), RateLimit(2, timedelta(minutes=10)))
+    return AuthJob(Peer(session_id, "192.0.2.7", 40000, "192.0.2.7"), "PLAIN", VALID_INBOX.encode(), UNKNOWN_KEY.encode(), RateLimit(2, timedelta(minutes=10)))
 
 
 def test_a_failure_committed_while_still_pending_counts_once(scenarios: None) -> None:
@@ -117,9 +117,9 @@ def test_a_failure_committed_during_the_count_is_not_missed(scenarios: None) -> 
     pending = CommittedJustBeforeRead()
     checker = Checker(cache_seconds=0, pending=pending)
     limit_one = RateLimit(1, timedelta(minutes=10))
-    first = checker.check_batch([AuthJob(Peer("s1", "192.0.2.8", 1), "PLAIN", VALID_INBOX.encode(), UNKNOWN_KEY.encode(), limit_one)])
+    first = checker.check_batch([AuthJob(Peer("s1", "192.0.2.8", 1, "192.0.2.8"), "PLAIN", VALID_INBOX.encode(), UNKNOWN_KEY.encode(), limit_one)])
     pending.uncommitted = list(first.records)
-    second = checker.check_batch([AuthJob(Peer("s2", "192.0.2.8", 2), "PLAIN", VALID_INBOX.encode(), UNKNOWN_KEY.encode(), limit_one)])
+    second = checker.check_batch([AuthJob(Peer("s2", "192.0.2.8", 2, "192.0.2.8"), "PLAIN", VALID_INBOX.encode(), UNKNOWN_KEY.encode(), limit_one)])
     assert second.outcomes[0].reason is Reason.RATE_LIMITED
 
 

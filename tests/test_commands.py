@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import resource
 import shutil
 import signal
@@ -15,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.core.management import call_command
@@ -224,6 +226,20 @@ def test_createapikey_prints_a_working_key_once(scenarios: None, gateway: LiveGa
 def test_createapikey_errors(scenarios: None, args: list[str], message: str) -> None:
     with pytest.raises(CommandError, match=message.replace(".", r"\.")):
         call_command("createapikey", *args, stdout=io.StringIO(), stderr=io.StringIO())
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("SMTP_AUTH_RATE_LIMIT", "ten", "SMTP_AUTH_RATE_LIMIT must look like 10/600 (failures/seconds), not 'ten'"),
+        ("SMTP_IPV6_CLIENT_PREFIX", 16, "SMTP_IPV6_CLIENT_PREFIX must be between 32 and 128, not 16"),
+    ],
+)
+def test_runsmtp_names_a_setting_out_of_range(settings: Any, setting: str, value: object, message: str) -> None:
+    """A one-line CommandError, before anything listens (it was a traceback)."""
+    setattr(settings, setting, value)
+    with pytest.raises(CommandError, match=re.escape(message)):
+        call_command("runsmtp", "--port", "0", stdout=io.StringIO())
 
 
 def test_loading_the_fixture_twice_is_harmless(scenarios: None) -> None:

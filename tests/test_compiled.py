@@ -21,15 +21,15 @@ ADDRESSES = ["192.0.2.1", "192.0.2.2", "2001:db8::7", "198.51.100.9"]
 
 def attempt(address: str, session_id: str, created_at: datetime, reason: Reason) -> AuthAttempt:
     return AuthAttempt(
-        created_at=created_at, remote_addr=address, session_id=session_id, mechanism="PLAIN", username="inb_x",
+        created_at=created_at, remote_addr=address, client_network=address, session_id=session_id, mechanism="PLAIN", username="inb_x",
         success=reason is Reason.OK, reason=reason.value, credential_failure=reason is Reason.API_KEY_NOT_FOUND,
     )
 
 
 def orm_answer(addresses: list[str], since: datetime) -> dict[str, set[tuple[str, datetime]]]:
     found: dict[str, set[tuple[str, datetime]]] = {}
-    rows = AuthAttempt.objects.filter(credential_failure=True, created_at__gte=since, remote_addr__in=addresses)
-    for address, session_id, created_at in rows.values_list("remote_addr", "session_id", "created_at"):
+    rows = AuthAttempt.objects.filter(credential_failure=True, created_at__gte=since, client_network__in=addresses)
+    for address, session_id, created_at in rows.values_list("client_network", "session_id", "created_at"):
         found.setdefault(address, set()).add((session_id, created_at))
     return found
 
@@ -131,7 +131,7 @@ def test_the_rate_limit_read_uses_the_partial_index_when_statistics_mislead() ->
     asked = [f"198.51.100.{number}" for number in range(1, 65)]
     since = now - timedelta(minutes=10)
     if connection.vendor == "postgresql":
-        orm_plan = AuthAttempt.objects.filter(credential_failure=True, created_at__gte=since, remote_addr__in=asked).explain()
+        orm_plan = AuthAttempt.objects.filter(credential_failure=True, created_at__gte=since, client_network__in=asked).explain()
         assert "authattempt_counted_failures" not in orm_plan, "the statistics did not mislead: the test proves nothing"
         with connection.cursor() as cursor:
             cursor.execute("EXPLAIN " + _NEWEST_FAILURES_POSTGRESQL, [asked, 10, since])
@@ -140,5 +140,5 @@ def test_the_rate_limit_read_uses_the_partial_index_when_statistics_mislead() ->
         assert indexes_used == {"authattempt_counted_failures"} and "Seq Scan" not in plan, plan
     else:
         plan = _failures_queryset((_padded(set(asked)), since)).explain()
-        assert "USING INDEX authattempt_counted_failures (remote_addr=? AND created_at>?)" in plan, plan
+        assert "USING INDEX authattempt_counted_failures (client_network=? AND created_at>?)" in plan, plan
     assert recent_failures(set(asked), since, 10) == {}

@@ -116,6 +116,45 @@ def test_exempt_addresses_are_never_rate_limited(gateway_factory: Any, scenarios
     assert ehlo(gateway.wire()).command(GOOD).startswith("235 ")
 
 
+def through_proxy(gateway: LiveGateway, client: str) -> Wire:
+    """A session from ``client``, as a load balancer announces it (PROXY v1): how
+    a test on loopback gets clients from anywhere."""
+    family = "TCP6" if ":" in client else "TCP4"
+    balancer = "::1" if family == "TCP6" else "127.0.0.1"
+    return Wire(gateway.port, preamble=f"PROXY {family} {client} {balancer} 40000 587\r\n".encode())
+
+
+def test_an_ipv6_client_is_counted_by_its_network(gateway_factory: Any, scenarios: None) -> None:
+    """A host gets a whole /64 and can take a new address for every attempt: the
+    limit counts the /64 (SMTP_IPV6_CLIENT_PREFIX), so rotating gains nothing.
+    The next /64 is another client; the records keep each real address."""
+    gateway = gateway_factory(proxy_protocol=True, auth_rate_limit=RateLimit(2, timedelta(minutes=10)))
+    assert ehlo(through_proxy(gateway, "2001:db8:1:2::a")).command(BAD).startswith("535 ")
+    assert ehlo(through_proxy(gateway, "2001:db8:1:2:ffff:ffff:ffff:ffff")).command(BAD).startswith("535 ")
+    assert ehlo(through_proxy(gateway, "2001:db8:1:2:1234:5678:9abc:def0")).command(GOOD) == (
+        "454 4.7.0 Temporary authentication failure"
+    )
+    assert ehlo(through_proxy(gateway, "2001:db8:1:3::a")).command(GOOD).startswith("235 ")
+    # An IPv4 client written IPv4-mapped (a dual-stack listener) is its IPv4 address.
+    assert ehlo(through_proxy(gateway, "::ffff:192.0.2.1")).command(BAD).startswith("535 ")
+    gateway.settle()
+    rows = AuthAttempt.objects.order_by("created_at", "id").values_list("remote_addr", "client_network", "reason")
+    assert list(rows) == [
+        ("2001:db8:1:2::a", "2001:db8:1:2::/64", "API_KEY_NOT_FOUND"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64", "API_KEY_NOT_FOUND"),
+        ("2001:db8:1:2:1234:5678:9abc:def0", "2001:db8:1:2::/64", "RATE_LIMITED"),
+        ("2001:db8:1:3::a", "2001:db8:1:3::/64", "OK"),
+        ("::ffff:192.0.2.1", "192.0.2.1", "API_KEY_NOT_FOUND"),
+    ]
+
+
+def test_ipv6_client_prefix_128_counts_each_address(gateway_factory: Any, scenarios: None) -> None:
+    gateway = gateway_factory(proxy_protocol=True, auth_rate_limit=RateLimit(1, timedelta(minutes=10)), ipv6_client_prefix=128)
+    assert ehlo(through_proxy(gateway, "2001:db8::a")).command(BAD).startswith("535 ")
+    assert ehlo(through_proxy(gateway, "2001:db8::b")).command(GOOD).startswith("235 ")
+    assert ehlo(through_proxy(gateway, "2001:db8::a")).command(GOOD).startswith("454 ")
+
+
 # --- connections and commands --------------------------------------------------------------
 
 
@@ -131,6 +170,16 @@ def test_connection_limit_per_address(gateway_factory: Any, scenarios: None) -> 
     time.sleep(0.1)
     assert gateway.wire().command("NOOP") == "250 2.0.0 OK"
     assert second.command("NOOP") == "250 2.0.0 OK"
+
+
+def test_connection_limit_counts_an_ipv6_client_by_its_network(gateway_factory: Any, scenarios: None) -> None:
+    gateway = gateway_factory(proxy_protocol=True, max_connections_per_ip=2)
+    held = [through_proxy(gateway, "2001:db8:5:6::1"), through_proxy(gateway, "2001:db8:5:6::2")]
+    refused = through_proxy(gateway, "2001:db8:5:6:7::3")
+    assert refused.greeting == ["421 4.7.0 Too many connections, try again later"]
+    assert refused.closed_by_server()
+    assert through_proxy(gateway, "2001:db8:5:7::1").command("NOOP") == "250 2.0.0 OK"
+    assert all(wire.command("NOOP") == "250 2.0.0 OK" for wire in held)
 
 
 def test_connection_limit_overall(gateway_factory: Any, scenarios: None) -> None:

@@ -23,7 +23,7 @@ T0 = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
 
 def record(n: int) -> AttemptRecord:
     return AttemptRecord.build(
-        peer=Peer(f"s{n}", "192.0.2.1", 1000 + n), when=T0 + timedelta(seconds=n), mechanism="PLAIN", username=b"inb_x", reason=Reason.TEMPORARY_FAILURE
+        peer=Peer(f"s{n}", "192.0.2.1", 1000 + n, "192.0.2.1"), when=T0 + timedelta(seconds=n), mechanism="PLAIN", username=b"inb_x", reason=Reason.TEMPORARY_FAILURE
     )
 
 
@@ -59,7 +59,7 @@ def test_restore_puts_records_back_in_order_within_the_bound() -> None:
 
 def success(key: ApiKey, when: datetime) -> RecordsJob:
     return RecordsJob(
-        (AttemptRecord.build(peer=Peer("s", "192.0.2.1", 1), when=when, mechanism="PLAIN", username=b"inb_x", reason=Reason.OK, api_key_id=key.pk),)
+        (AttemptRecord.build(peer=Peer("s", "192.0.2.1", 1, "192.0.2.1"), when=when, mechanism="PLAIN", username=b"inb_x", reason=Reason.OK, api_key_id=key.pk),)
     )
 
 

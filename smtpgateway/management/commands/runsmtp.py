@@ -89,7 +89,9 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
 def describe_throttling(config: GatewayConfig) -> str:
     limit = config.auth_rate_limit
     parts = [
-        f"{limit.failures} failed AUTH per address per {int(limit.window.total_seconds())}s" if limit else "no AUTH rate limit",
+        f"{limit.failures} failed AUTH per address (IPv6: per /{config.ipv6_client_prefix}) per {int(limit.window.total_seconds())}s"
+        if limit
+        else "no AUTH rate limit",
         f"{config.auth_max_failures} per session",
         f"{config.auth_failure_delay:g}s delay per failure",
     ]
@@ -134,9 +136,12 @@ class Command(BaseCommand):
             passed = [f"--{name.replace('_', '-')}={options[name]}" for name in ("host", "port", "tls_port") if options[name] is not None]
             passed += ["--proxy-protocol"] if options["proxy_protocol"] else []
             raise SystemExit(run_workers(options["workers"], passed))
-        config = GatewayConfig.from_settings(
-            host=options["host"], port=options["port"], proxy_protocol=options["proxy_protocol"], reuse_port=options["reuse_port"] or None
-        )
+        try:
+            config = GatewayConfig.from_settings(
+                host=options["host"], port=options["port"], proxy_protocol=options["proxy_protocol"], reuse_port=options["reuse_port"] or None
+            )
+        except ValueError as error:  # a setting out of its range, said as such
+            raise CommandError(str(error)) from error
         if options["tls_port"] is not None:
             config = replace(config, tls_port=options["tls_port"] or None)
         self.worker_index = options["worker_index"]
