@@ -124,7 +124,7 @@ class Peer:
     session_id: str
     remote_addr: str | None
     remote_port: int | None
-    # What the rate limit counts by (smtpgateway.limits.client_network).
+    # What the rate limit counts by (smtpgateway.limits.Client.network).
     client_network: str | None
     tls: TlsInfo | None = None
 

@@ -204,7 +204,7 @@ class Checker:
             return {}
         since = now - max(job.rate_limit.window for job in limited)  # type: ignore[union-attr]
         enough = max(job.rate_limit.failures for job in limited)  # type: ignore[union-attr]
-        clients = {job.peer.client_network for job in limited if job.peer.client_network}
+        clients = {job.peer.client_network for job in limited}
         # Pending first, then the database: a failure committed (and forgotten) in
         # between is then in the database's answer; read the other way round, it
         # could be in neither.

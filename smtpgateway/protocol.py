@@ -42,7 +42,7 @@ from smtpgateway.auth import Outcome, Peer
 from smtpgateway.body import BodyProblem, read_body
 from smtpgateway.checks import AuthJob
 from smtpgateway.commits import RecordsJob
-from smtpgateway.limits import client_network, is_exempt
+from smtpgateway.limits import Client, classify_client
 from smtpgateway.reasons import Reason
 from smtpgateway.recorder import AttemptRecord
 from smtpgateway.safetext import CONTROL_OR_UNDECODABLE
@@ -66,6 +66,7 @@ _BODY_PROBLEM_REPLIES = {
     BodyProblem.TOO_LARGE: replies.MESSAGE_TOO_LARGE,
     BodyProblem.NO_ROOM: replies.NO_ROOM_FOR_MESSAGE,
 }
+UNKNOWN_CLIENT = Client(None, None, exempt=False)
 _COMMAND_WORD = re.compile(r"[A-Z][A-Z0-9-]{0,15}\Z")
 _LOGIN_USERNAME_PROMPT = base64.b64encode(b"Username:")
 _LOGIN_PASSWORD_PROMPT = base64.b64encode(b"Password:")
@@ -96,11 +97,9 @@ class GatewaySession(Session):
         self.identity: Identity | None = None
         self.tls: TlsInfo | None = None
         self.auth_failures = 0
-        # Subject to the rate limit and failure delay (not in SMTP_THROTTLE_EXEMPT);
-        # decided once the client's address is known.
-        self.throttled = True
-        # What the per-address limits count it by (an IPv6 client: its network).
-        self.client_network: str | None = None
+        # The client as the limits see it (exempt or not, the network counted),
+        # set once its address is known, before the first command.
+        self.client = UNKNOWN_CLIENT
 
     @property
     def remote_addr(self) -> str | None:
@@ -191,7 +190,7 @@ class GatewaySMTP(SMTP):
         self._smtp_methods = self._commands()
         self.command_size_limits = COMMAND_SIZE_LIMITS
         self.busy = False  # a command is being carried out (shutdown waits for it)
-        self._admitted: str | None = None
+        self._admitted = UNKNOWN_CLIENT  # counted in the connection registry as this
         self._counted = False
         self._refused = False
 
@@ -217,15 +216,15 @@ class GatewaySMTP(SMTP):
         previous = self.session
         if previous is None:  # a new connection (not the STARTTLS upgrade)
             peername = transport.get_extra_info("peername")
-            address = client_address(peername[0]) if isinstance(peername, tuple) else None
-            refusal = self.event_handler.admission_refusal(address)
+            client = self._classify(client_address(peername[0]) if isinstance(peername, tuple) else None)
+            refusal = self.event_handler.admission_refusal(client)
             if refusal is not None:
                 self._refused = True
-                log.warning("Connection from %s refused: %s", address, refusal)
+                log.warning("Connection from %s refused: %s", client.address, refusal)
                 transport.write(refusal.encode("ascii") + b"\r\n")
                 transport.close()
                 return
-            self._admitted, self._counted = address, True
+            self._admitted, self._counted = client, True
         super().connection_made(transport)  # after STARTTLS too, with a new session
         if previous is None:  # before the session's task (just created) first runs
             self._writer = asyncio.StreamWriter(transport, self, self._reader, self.loop)
@@ -236,8 +235,8 @@ class GatewaySMTP(SMTP):
             session.auth_failures = previous.auth_failures
             session.peer, session.proxy_data = previous.peer, previous.proxy_data
         elif isinstance(session.peer, tuple):  # a new connection: its address made once, as admitted
-            session.peer = (self._admitted, *session.peer[1:])
-        self._classify_client()
+            session.peer = (self._admitted.address, *session.peer[1:])
+        session.client = self._admitted  # after STARTTLS too: the same client
         # Judged from the transport itself, so that a connection to the implicit-TLS
         # listener counts as encrypted too (aiosmtpd looks only at its own STARTTLS
         # state and withholds AUTH there: aio-libs/aiosmtpd issue 281).
@@ -373,14 +372,14 @@ class GatewaySMTP(SMTP):
             return False
         session = self.gateway_session()
         session.peer, session.proxy_data = (address, header.src_port), header
-        self._classify_client()
+        session.client = client = self._classify(address)
         registry = self.event_handler.connections
         registry.release(self._admitted)  # it was counted as the balancer's
-        self._counted = registry.admit(address)
+        self._counted = registry.admit(client)
         if not self._counted:
             await self._close_with(replies.TOO_MANY_CONNECTIONS)
             return False
-        self._admitted = address
+        self._admitted = client
         self._reset_timeout()
         return True
 
@@ -571,12 +570,10 @@ class GatewaySMTP(SMTP):
     def peer(self) -> Peer:
         session = self.gateway_session()
         port = session.peer[1] if isinstance(session.peer, tuple) else None
-        return Peer(session.session_id, session.remote_addr, port, session.client_network, session.tls)
+        return Peer(session.session_id, session.remote_addr, port, session.client.network, session.tls)
 
-    def _classify_client(self) -> None:
-        session = self.gateway_session()
-        session.throttled = not is_exempt(session.remote_addr, self.config.throttle_exempt)
-        session.client_network = client_network(session.remote_addr, self.config.ipv6_client_prefix)
+    def _classify(self, address: str | None) -> Client:
+        return classify_client(address, self.config.throttle_exempt, self.config.ipv6_client_prefix)
 
     @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg: str | None) -> None:
@@ -613,7 +610,7 @@ class GatewaySMTP(SMTP):
             await self._reject(mechanism, credentials, started)
             return
         username, password = credentials
-        rate_limit = self.config.auth_rate_limit if session.throttled else None
+        rate_limit = None if session.client.exempt else self.config.auth_rate_limit
         outcome: Outcome = await self.event_handler.db.check(AuthJob(self.peer(), mechanism, username, password, rate_limit))
         reply = replies.auth_reply(outcome.reason)
         if not outcome.success:
@@ -648,7 +645,7 @@ class GatewaySMTP(SMTP):
             reply = replies.TOO_MANY_AUTH_FAILURES
         code = " ".join(reply.split(" ", 2)[:2])  # "535 5.7.8", "538 5.7.11"
         log.warning("Auth failed: %s, returning %s (session %s, %s)", reason, code, session.session_id, session.remote_addr)
-        if session.throttled and self.config.auth_failure_delay > 0:
+        if not session.client.exempt and self.config.auth_failure_delay > 0:
             await asyncio.sleep(max(0.0, started + self.config.auth_failure_delay - self.loop.time()))
         if closing:
             await self._close_with(reply)

@@ -25,7 +25,7 @@ from django.db import DatabaseError
 from smtpgateway import replies
 from smtpgateway.body import BodyBudget, inbox_share
 from smtpgateway.config import GatewayConfig
-from smtpgateway.limits import ConnectionRegistry
+from smtpgateway.limits import Client, ConnectionRegistry
 from smtpgateway.protocol import AUTH_MECHANISMS, GatewayEnvelope, GatewaySession, GatewaySMTP
 from smtpgateway.recorder import recorder
 from smtpgateway.commits import FlushJob, StoreJob
@@ -44,20 +44,18 @@ class GatewayHandler:
     def __init__(self, config: GatewayConfig, db: DatabaseWorker) -> None:
         self.config = config
         self.db = db
-        self.connections = ConnectionRegistry(
-            config.max_connections, config.max_connections_per_ip, config.throttle_exempt, config.ipv6_client_prefix
-        )
+        self.connections = ConnectionRegistry(config.max_connections, config.max_connections_per_ip)
         self.body_budget = BodyBudget(config.max_buffered_data, inbox_share(config.max_buffered_data, config.max_message_size))
         self.sessions: set[GatewaySMTP] = set()
         self.shutting_down = False
         # aiosmtpd's hook table ("MAIL" -> handle_MAIL), built once, not per connection.
         self.hooks = {name[7:]: getattr(self, name) for name in dir(self) if name.startswith("handle_") and name != "handle_exception"}
 
-    def admission_refusal(self, address: str | None) -> str | None:
+    def admission_refusal(self, client: Client) -> str | None:
         """The reply that refuses a new connection, or None to admit it."""
         if self.shutting_down:
             return replies.SHUTTING_DOWN
-        if not self.connections.admit(address):
+        if not self.connections.admit(client):
             return replies.TOO_MANY_CONNECTIONS
         return None
 
