@@ -37,11 +37,12 @@ from __future__ import annotations
 import re
 from ipaddress import IPv4Address, IPv6Address
 
-# RFC 6531's UTF8-non-ascii, as Python text, without the surrogates aiosmtpd
-# decodes bytes that are not UTF-8 to. No class below holds a control character
-# either: a mailbox may hold neither (RFC 5321, RFC 6531), and PostgreSQL would
-# store neither (the message got 451 on every retry).
-_UTF8 = "\u0080-\ud7ff\ue000-\U0010ffff"
+# RFC 6531's UTF8-non-ascii, as Python text, without the C1 control characters
+# (RFC 5198) and the surrogates aiosmtpd decodes bytes that are not UTF-8 to. No
+# class below holds an ASCII control character either: a mailbox may hold none of
+# these, and PostgreSQL would store neither NUL nor surrogates (such a message
+# got 451 on every retry).
+_UTF8 = "\u00a0-\ud7ff\ue000-\U0010ffff"
 _ATEXT = "A-Za-z0-9!#$%&'*+/=?^_`{|}~" + _UTF8 + "-"
 _DOT_STRING = rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*"
 # qtextSMTP (%d32-33 / %d35-91 / %d93-126, and UTF-8) or a quoted-pair (backslash, %d32-126).

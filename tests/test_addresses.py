@@ -54,7 +54,8 @@ REFUSED = [
     "<(comment)a@example.com>", "<a(comment)@example.com>", "<a@example.com(comment)>", "a(c)@example.com",
     "<a@[192.0.2]>", "<a@[192.0.2.256]>", "<a@[ 192.0.2.1 ]>", "<a@[]>", "<a@[IPv6:zz::1]>",
     "<a@[IPv6:fe80::1%eth0]>", "<a@[tag:value]>", "<mailto:a@example.com>", '<"a"b@example.com>',
-    '<"a\\é"@example.com>', "a@example.com=SIZE", "<@relay.example a@example.com>",
+    '<"a\\é"@example.com>', "a@example.com=SIZE", "<@relay.example a@example.com>", "<a\x85b@example.com>",
+    "<a@exa\u009fmple.com>", "<a\udce9@example.com>",
 ]
 
 
