@@ -111,6 +111,9 @@ _AIOSMTPD_REPLIES: dict[str, str] = {
     "554 Command refused due to lack of security": "554 5.7.0 Command refused due to lack of security",
 }
 
+# aiosmtpd answers HELP with 250; RFC 5321 (4.2.2, 4.3.2) gives HELP 214.
+_AIOSMTPD_HELP_PREFIXES = ("250 Supported commands: ", "250 Syntax: ")
+
 # For any other reply without an enhanced code: the code that fits its reply code.
 _ENHANCED_FOR_REPLY_CODE: dict[str, str] = {
     "221": "2.0.0",
@@ -141,6 +144,8 @@ def with_enhanced_code(reply: str) -> str:
     replacement = _AIOSMTPD_REPLIES.get(reply)
     if replacement is not None:
         return replacement
+    if reply.startswith(_AIOSMTPD_HELP_PREFIXES):
+        return f"214 2.0.0 {reply[4:]}"
     code = reply[:3]
     if code == "220" or code[:1] not in _CLASS_DEFAULT or _HAS_ENHANCED_CODE.match(reply):
         return reply

@@ -91,10 +91,20 @@ def test_quit(gateway: LiveGateway) -> None:
         ("220 host.example ESMTP ready", "220 host.example ESMTP ready"),  # greeting: exempt
         ("354 End data with <CR><LF>.<CR><LF>", "354 End data with <CR><LF>.<CR><LF>"),  # intermediate
         ("299 Odd", "299 2.0.0 Odd"),
+        ("250 Supported commands: DATA NOOP", "214 2.0.0 Supported commands: DATA NOOP"),  # HELP
     ],
 )
 def test_catalogue_rewrites(aiosmtpd_text: str, ours: str) -> None:
     assert with_enhanced_code(aiosmtpd_text) == ours
+
+
+def test_help_answers_214(gateway: LiveGateway) -> None:
+    """RFC 5321 4.3.2: HELP succeeds with 211 or 214 (aiosmtpd said 250)."""
+    wire = gateway.wire()
+    wire.command("EHLO tester.example")
+    assert re.fullmatch(r"214 2\.0\.0 Supported commands: AUTH DATA EHLO .*QUIT RCPT RSET .*VRFY", wire.command("HELP"))
+    assert wire.command("HELP mail") == "214 2.0.0 Syntax: MAIL FROM: <address> [SP <mail-parameters>]"
+    assert wire.command("HELP NOSUCH").startswith("501 5.5.4 Supported commands: ")
 
 
 @pytest.mark.parametrize("command", ["HELO", "EHLO"])
