@@ -148,6 +148,12 @@ def fresh_postgres_database(url: str) -> bool:
         return False
 
 
+def _cpu_seconds(stat: Path) -> float:
+    """User + system CPU of a process or thread, from its /proc stat file."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Server:
     def __init__(self, label: str, command: list[str], env: dict[str, str] | None = None) -> None:
         self.label = label
@@ -165,8 +171,7 @@ class Server:
         raise SystemExit(f"{label} did not start")
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _cpu_seconds(Path(f"/proc/{self.process.pid}/stat"))
 
     def thread_seconds(self) -> dict[str, float]:
         """CPU seconds per thread, by the name the OS has for it (the gateway names
@@ -175,10 +180,10 @@ class Server:
         for task in Path(f"/proc/{self.process.pid}/task").iterdir():
             try:
                 name = "event loop" if task.name == str(self.process.pid) else (task / "comm").read_text().strip()
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                used = _cpu_seconds(task / "stat")
             except FileNotFoundError:  # the thread ended meanwhile
                 continue
-            ticks[name] = ticks.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            ticks[name] = ticks.get(name, 0.0) + used
         return ticks
 
     def status_kib(self, key: str) -> int:

@@ -86,9 +86,7 @@ def classify_client(address: str | None, exempt: tuple[Network, ...], ipv6_prefi
         return Client(address, address, False)
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    if ip.version == 4:
-        network = str(ip)
-    elif ipv6_prefix >= 128:
+    if ip.version == 4 or ipv6_prefix >= 128:
         network = str(ip)
     else:
         host_bits = 128 - ipv6_prefix

@@ -81,8 +81,8 @@ class GatewayHandler:
     ) -> str:
         if not (address.isascii() or envelope.smtp_utf8):
             return replies.UNDECLARED_SMTPUTF8
-        # The parser takes a bare local part ("<postmaster>", an unterminated
-        # '<"x'); a submitted message for it could never be delivered anywhere.
+        # The parser takes a bare local part ("<postmaster>", "someone"), so that
+        # this says what is wrong: a message for it could never be delivered.
         local_part, at, domain = address.rpartition("@")
         if not (local_part and at and domain):
             return replies.RECIPIENT_WITHOUT_DOMAIN

@@ -30,9 +30,9 @@ from typing import Any, Callable
 
 from django.db import DatabaseError, close_old_connections, connection, connections, reset_queries
 
+from smtpgateway import glibc
 from smtpgateway.auth import Outcome
 from smtpgateway.checks import AuthJob, Checker, PendingFailures
-from smtpgateway import glibc
 from smtpgateway.commits import Job, LastUsedWrites, RecordsJob, StoreJob, process
 
 log = logging.getLogger(__name__)
