@@ -4,11 +4,13 @@ The checker thread (``smtpgateway.worker``) takes every :class:`AuthJob` waiting
 and runs :func:`check_batch`: one grouped query for the rate-limit counts, one
 for the keys and one for the inboxes that the cache does not hold fresh, then
 :func:`smtpgateway.auth.validate` for each. The sessions are answered right
-away; the attempts' rows go to the committer as one ``RecordsJob``, committed
-within about 20 ms (``smtpgateway.worker.RECORDS_LINGER``), so a slow commit, an
-fsync or a WAL checkpoint never holds up an AUTH reply. SIGTERM waits for them;
-only a process killed outright in those milliseconds loses them, as it would
-lose the attempts still being checked.
+away, but for counted failures, which are answered once their rows have
+committed (``smtpgateway.worker``), so that every gateway on the database counts
+them before the client can try again. The other rows are committed within about
+20 ms (``smtpgateway.worker.RECORDS_LINGER``), so a slow commit, an fsync or a
+WAL checkpoint never holds up a successful AUTH. SIGTERM waits for them; only a
+process killed outright in those milliseconds loses them, as it would lose the
+attempts still being checked.
 
 Two things keep the answers as strict as if every row were already committed:
 

@@ -192,6 +192,7 @@ class GatewaySMTP(SMTP):
         self._admitted = UNKNOWN_CLIENT  # counted in the connection registry as this
         self._counted = False
         self._refused = False
+        self._lost = False  # connection_lost has run: no timer may be armed again
 
     @classmethod
     def _commands(cls) -> dict[str, Callable[..., Awaitable[None]]]:
@@ -245,6 +246,7 @@ class GatewaySMTP(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
             return
+        self._lost = True
         if self._counted:
             self._counted = False
             self.event_handler.connections.release(self._admitted)
@@ -273,9 +275,23 @@ class GatewaySMTP(SMTP):
         # client that connects and leaves at once).
         return False
 
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # Once the connection is lost, no timer: a DATA that ended with its
+        # connection re-armed the idle timer on the way out (its finally), and
+        # that timer then held the whole session for up to SMTP_IDLE_TIMEOUT and
+        # fired into aiosmtpd's assertion on the missing transport. (Not judged
+        # by the transport: aiosmtpd arms the first timer before it sets one.)
+        if self._lost:
+            if self._timeout_handle is not None:
+                self._timeout_handle.cancel()
+            return
+        super()._reset_timeout(duration)
+
     def _timeout_cb(self) -> None:
+        if self.transport is None:  # already gone (connection_lost cancels the timer)
+            return
         # RFC 5321 4.5.3.2: say why before closing.
-        if self.transport is not None and not self.transport.is_closing():
+        if not self.transport.is_closing():
             self.transport.write(replies.TIMEOUT.format(hostname=self.hostname).encode("ascii") + b"\r\n")
         super()._timeout_cb()
 
@@ -639,16 +655,16 @@ class GatewaySMTP(SMTP):
         if reason is not Reason.TEMPORARY_FAILURE:
             session.auth_failures += 1
         closing = 0 < self.config.auth_max_failures <= session.auth_failures
-        if closing:
-            reply = replies.TOO_MANY_AUTH_FAILURES
         code = " ".join(reply.split(" ", 2)[:2])  # "535 5.7.8", "538 5.7.11"
         log.warning("Auth failed: %s, returning %s (session %s, %s)", reason, code, session.session_id, session.remote_addr)
         if not session.client.exempt and self.config.auth_failure_delay > 0:
             await asyncio.sleep(max(0.0, started + self.config.auth_failure_delay - self.loop.time()))
+        await self.push(reply)
         if closing:
-            await self._close_with(reply)
-        else:
-            await self.push(reply)
+            # The error that was made comes first, as Postfix answers it: a
+            # client that reads only the 421 would take a wrong key for a
+            # passing fault and retry it later.
+            await self._close_with(replies.TOO_MANY_AUTH_FAILURES)
 
     async def _read_plain(self, initial: str | None) -> tuple[bytes, bytes] | _Rejected:
         if initial is None:

@@ -18,7 +18,7 @@ import gc
 import logging
 import signal
 import ssl
-from typing import Callable
+from typing import Any, Callable
 
 from django.db import DatabaseError
 
@@ -33,11 +33,21 @@ from smtpgateway.submission import Submission
 from smtpgateway.tls import CertificateStore
 from smtpgateway.worker import DatabaseWorker
 
-__all__ = ["AUTH_MECHANISMS", "GatewayConfig", "GatewayHandler", "GatewayServer", "serve_until_signalled"]
+__all__ = ["AUTH_MECHANISMS", "CannotListen", "GatewayConfig", "GatewayHandler", "GatewayServer", "serve_until_signalled"]
 
 log = logging.getLogger(__name__)
 
 CLOSE_LINGER = 1.0  # seconds closing sessions get to finish before they are aborted
+
+
+class CannotListen(Exception):
+    """A listener could not be opened: ``listener`` says which ("127.0.0.1:4650
+    (implicit TLS)"), ``error`` why."""
+
+    def __init__(self, listener: str, error: OSError) -> None:
+        super().__init__(f"{listener}: {error.strerror or error}")
+        self.listener = listener
+        self.error = error
 
 
 class GatewayHandler:
@@ -158,18 +168,26 @@ class GatewayServer:
         return GatewaySMTP(self.handler, asyncio.get_running_loop(), starttls_context)
 
     async def start(self) -> None:
+        """Open the listeners, or none: if one cannot listen, those already open
+        are closed, the database threads stopped, and :class:`CannotListen` names it."""
         loop = asyncio.get_running_loop()
         context = self.certificates.context if self.certificates else None
         common = {"host": self.config.host, "backlog": self.config.backlog, "reuse_address": True, "reuse_port": self.config.reuse_port}
-        self._listeners.append(
-            await loop.create_server(lambda: self._new_protocol(context), port=self.config.port, **common)
-        )
+        wanted: list[tuple[int, str, Callable[[], GatewaySMTP], dict[str, Any]]] = [
+            (self.config.port, "STARTTLS" if context else "plaintext", lambda: self._new_protocol(context), {}),
+        ]
         if self.config.tls_port is not None:  # 0: any free port (tests)
-            self._listeners.append(
-                await loop.create_server(
-                    lambda: self._new_protocol(None), port=self.config.tls_port, ssl=context, ssl_handshake_timeout=30, **common
-                )
-            )
+            wanted.append((self.config.tls_port, "implicit TLS", lambda: self._new_protocol(None), {"ssl": context, "ssl_handshake_timeout": 30}))
+        for port, kind, factory, options in wanted:
+            try:
+                self._listeners.append(await loop.create_server(factory, port=port, **common, **options))
+            except OSError as error:
+                for listener in self._listeners:
+                    listener.close()
+                    await listener.wait_closed()
+                self._listeners.clear()
+                await loop.run_in_executor(None, self.db.shutdown)
+                raise CannotListen(f"{self.config.host}:{port} ({kind})", error) from error
         # Remembered here: a closed listener no longer has its sockets.
         ports = [listener.sockets[0].getsockname()[1] for listener in self._listeners]
         self.port: int = ports[0]

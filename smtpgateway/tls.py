@@ -1,11 +1,18 @@
 """TLS for the gateway: the server context, reloading certificates, what a session
 negotiated, and a self-signed certificate for development.
 
-Reloading works in place: both listeners (STARTTLS and implicit TLS) share one
-``ssl.SSLContext``, and a new chain is first loaded into a scratch context to
-validate it, then into the live one. OpenSSL uses a context's current certificate
-for each new handshake, so new sessions get the new certificate, sessions already
-established keep theirs, and a bad file leaves the old certificate in service.
+Both listeners (STARTTLS and implicit TLS) hand their handshakes to one
+listening ``ssl.SSLContext``, which never holds a certificate of its own choosing:
+at each ClientHello its servername callback (called with or without SNI) moves
+the handshake to the context of the certificate now in service. A reload builds a
+fresh context from the files and, once it has loaded, puts it in service. So new
+sessions get exactly the certificate in the files, whatever its key type; sessions
+already established keep theirs; a file that does not load changes nothing.
+
+Loading the new pair into the live context instead would not do: an OpenSSL
+context holds one certificate per key type, so an RSA pair loaded into a context
+holding an EC pair is added beside it, and clients that accept ECDSA keep being
+served the old certificate.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 log = logging.getLogger(__name__)
@@ -75,35 +82,56 @@ def _new_context(min_version: str) -> ssl.SSLContext:
 
 
 class CertificateStore:
-    """The live server context, and its certificate's reloading."""
+    """The listening context, and the certificate in service behind it."""
 
     def __init__(self, cert_file: Path, key_file: Path, min_version: str = "1.2") -> None:
         self.cert_file = cert_file
         self.key_file = key_file
         self.min_version = min_version
+        self._serving = self._load()
+        self.summary = CertificateSummary.of_file(cert_file)
+        # The protocol version is settled on the context the handshake starts
+        # on, so the listening context has the minimum too; it also holds the
+        # first pair, for a client whose handshake never reaches the callback.
         self.context = _new_context(min_version)
         self.context.load_cert_chain(cert_file, key_file)
-        self.summary = CertificateSummary.of_file(cert_file)
+        self.context.sni_callback = self._serve_current
+
+    def _load(self) -> ssl.SSLContext:
+        context = _new_context(self.min_version)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+    def _serve_current(self, connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, context: ssl.SSLContext) -> None:
+        connection.context = self._serving
 
     def reload(self) -> bool:
         """Re-read the files. Returns False (and keeps serving the old certificate)
         if they do not load."""
         try:
-            _new_context(self.min_version).load_cert_chain(self.cert_file, self.key_file)
+            fresh = self._load()
             summary = CertificateSummary.of_file(self.cert_file)
-            self.context.load_cert_chain(self.cert_file, self.key_file)
         except (OSError, ssl.SSLError, ValueError) as error:
             log.error("TLS certificate not reloaded, still serving the previous one: %s", error)
             return False
-        self.summary = summary
+        self._serving, self.summary = fresh, summary
         log.info("TLS certificate reloaded: %s", summary)
         return True
 
 
-def write_self_signed(cert_file: Path, key_file: Path, hostname: str, days: int = 365) -> CertificateSummary:
+KeyType = str  # "ec" (P-256, as certbot issues by default) or "rsa" (2048 bits)
+
+
+def write_self_signed(cert_file: Path, key_file: Path, hostname: str, days: int = 365, key_type: KeyType = "ec") -> CertificateSummary:
     """A self-signed certificate for development, valid for ``hostname``,
     localhost and 127.0.0.1. The key file is written readable by its owner only."""
-    key = ec.generate_private_key(ec.SECP256R1())
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    if key_type == "ec":
+        key = ec.generate_private_key(ec.SECP256R1())
+    elif key_type == "rsa":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    else:
+        raise ValueError(f"key type must be ec or rsa, not {key_type!r}")
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = dt.datetime.now(dt.timezone.utc)
     alt_names: list[x509.GeneralName] = [x509.DNSName(hostname), x509.DNSName("localhost")]

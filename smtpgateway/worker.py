@@ -7,7 +7,10 @@ The loop never waits on the database; under load, batches grow and many
 sessions share each query and each commit.
 
 * One checker thread decides AUTH attempts (``smtpgateway.checks``: reads only)
-  and answers them at once; it hands their records to the committers.
+  and hands their records to the committers. A success is answered at once; a
+  counted failure only once its record is committed, so that every gateway on
+  the database counts it before its client can try again (the rate limit is
+  exact across processes, whatever ``SMTP_AUTH_FAILURE_DELAY``).
 * ``SMTP_DB_WORKERS`` committer threads (``smtpgateway.commits``) write records
   and messages, each thread with its own database connection: one suits SQLite
   (a single writer); PostgreSQL can use more. A message is answered after its
@@ -26,7 +29,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from django.db import DatabaseError, close_old_connections, connection, connections, reset_queries
 
@@ -60,7 +63,19 @@ def _load_trim() -> Callable[[], None]:
 _trim_heap = _load_trim()
 
 
-Pending = tuple[Any, asyncio.AbstractEventLoop | None, asyncio.Future[Any] | None]
+# An answer for a session on its loop: (loop, future, result).
+Answer = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Any]
+
+
+class Pending(NamedTuple):
+    """A job on a queue, with whom to answer: ``future`` on ``loop`` gets the
+    job's result (None: nobody waits); ``then`` are answers of other jobs held
+    back until this one is done (AUTH failures, until their records commit)."""
+
+    job: Any
+    loop: asyncio.AbstractEventLoop | None = None
+    future: asyncio.Future[Any] | None = None
+    then: tuple[Answer, ...] = ()
 
 
 class DatabaseWorker:
@@ -100,7 +115,7 @@ class DatabaseWorker:
 
     def submit(self, job: Job) -> None:
         """Run ``job`` without waiting for it."""
-        self._put(self._commits, (job, None, None))
+        self._put(self._commits, Pending(job))
 
     def settled(self, timeout: float) -> bool:
         """Wait until every job put so far is done (committed or failed), for
@@ -120,7 +135,7 @@ class DatabaseWorker:
     async def _await(self, jobs: queue.SimpleQueue[Any], job: Any) -> Any:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._put(jobs, (job, loop, future))
+        self._put(jobs, Pending(job, loop, future))
         result = await future
         if isinstance(result, Exception):
             raise result
@@ -170,22 +185,41 @@ class DatabaseWorker:
 
     def _check_batch(self, batch: list[Pending]) -> None:
         try:
-            checked = self._checker.check_batch([job for job, _, _ in batch])
+            checked = self._checker.check_batch([item.job for item in batch])
         except Exception as error:  # a bug: every waiting session gets a 4xx, none hangs
             log.exception("A batch of %d AUTH checks failed", len(batch))
             _answer(batch, [error] * len(batch))
             return
-        # Queued before the answers: shutdown drains this queue after the checks.
-        self.submit(RecordsJob(tuple(checked.records)))
-        _answer(batch, checked.outcomes)
+        # Queued before any answer: shutdown drains this queue after the checks.
+        # A counted failure's answer waits for its record's commit (milliseconds:
+        # a job with answers ends the committer's linger); the rest linger.
+        held = [record.credential_failure for record in checked.records]
+        now = [(item, outcome) for item, outcome, hold in zip(batch, checked.outcomes, held) if not hold]
+        lingering = tuple(record for record, hold in zip(checked.records, held) if not hold)
+        if lingering:
+            self.submit(RecordsJob(lingering))
+        if any(held):
+            failed = tuple(record for record, hold in zip(checked.records, held) if hold)
+            answers = tuple(
+                (item.loop, item.future, outcome)
+                for item, outcome, hold in zip(batch, checked.outcomes, held)
+                if hold and item.loop is not None and item.future is not None
+            )
+            self._put(self._commits, Pending(RecordsJob(failed), then=answers))
+        _answer([item for item, _ in now], [outcome for _, outcome in now])
 
     def _commit_batch(self, batch: list[Pending]) -> None:
         try:
-            results = process([job for job, _, _ in batch], self.pending_failures, self._last_used)
+            results = process([item.job for item in batch], self.pending_failures, self._last_used)
         except Exception as error:  # a bug: every waiting session gets a 4xx, none hangs
             log.exception("A batch of %d database jobs failed", len(batch))
             results = [error] * len(batch)
         _answer(batch, results)
+        # Whatever became of the records (committed, or kept while the database
+        # is away): the failures they hold back are answered now.
+        for item in batch:
+            for loop, future, outcome in item.then:
+                _release(loop, future, outcome)
 
 
 def _connect() -> None:
@@ -235,18 +269,22 @@ def _take_batch(jobs: queue.SimpleQueue[Any], linger: float = 0.0) -> tuple[list
 
 
 def _unawaited_records(item: Pending) -> bool:
-    job, _, future = item
-    return isinstance(job, RecordsJob) and future is None
+    return isinstance(item.job, RecordsJob) and item.future is None and not item.then
 
 
 def _stored_bytes(batch: list[Pending]) -> int:
-    return sum(len(job.submission.content) for job, _, _ in batch if isinstance(job, StoreJob))
+    return sum(len(item.job.submission.content) for item in batch if isinstance(item.job, StoreJob))
 
 
 def _answer(batch: list[Pending], results: list[Any]) -> None:
-    for (_, loop, future), result in zip(batch, results):
-        if future is not None and loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(_resolve, future, result)
+    for item, result in zip(batch, results):
+        if item.future is not None and item.loop is not None:
+            _release(item.loop, item.future, result)
+
+
+def _release(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], result: Any) -> None:
+    if not loop.is_closed():
+        loop.call_soon_threadsafe(_resolve, future, result)
 
 
 def _resolve(future: asyncio.Future[Any], result: Any) -> None:

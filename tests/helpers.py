@@ -106,6 +106,8 @@ class LiveGateway:
         return self
 
     def stop(self) -> None:
+        if self.loop.is_closed():  # stopped already (by the test itself)
+            return
         if self._error is None:
             asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(30)
             self.loop.call_soon_threadsafe(self.loop.stop)

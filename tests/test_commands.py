@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from django.core.management.base import CommandError
 from apikeys.models import ApiKey
 from inboxes.models import Inbox, Organization
 from smtpgateway.models import AuthAttempt
+from smtpgateway.server import CannotListen
 from tests.helpers import DEMO_KEYS, UNKNOWN_KEY, VALID_INBOX, LiveGateway, Wire, auth, b64, database_url, eventually, free_port, secret_markers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,8 +200,43 @@ def test_runsmtp_port_in_use_is_one_clear_error(transactional_db: None) -> None:
             capture_output=True, text=True, timeout=60,
         )
     assert result.returncode == 1
-    assert f"CommandError: Cannot listen on 127.0.0.1:{port}: that port is already in use." in result.stderr
+    assert f"CommandError: Cannot listen on 127.0.0.1:{port} (plaintext): that port is already in use." in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_bind_error_names_the_listener_that_failed(transactional_db: None, certificate: tuple[Path, Path]) -> None:
+    """The implicit-TLS port taken: the error names that port, not --port."""
+    cert, key = certificate
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        tls_port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "manage.py", "runsmtp", "--port", str(port)],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": database_url(), "DEBUG": "true", **NO_TLS}
+            | {"SMTP_TLS_CERT_FILE": str(cert), "SMTP_TLS_KEY_FILE": str(key), "SMTP_TLS_PORT": str(tls_port)},
+            capture_output=True, text=True, timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"CommandError: Cannot listen on 127.0.0.1:{tls_port} (implicit TLS): that port is already in use." in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_listener_that_cannot_open_leaves_nothing_half_started(transactional_db: None, certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        live = LiveGateway(port=port, tls_port=taken.getsockname()[1], tls_cert_file=cert, tls_key_file=key)
+        with pytest.raises(CannotListen, match="implicit TLS"):
+            live.start()
+        live.stop()
+    with pytest.raises(ConnectionRefusedError):  # the submission listener was closed again
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    assert not [thread.name for thread in threading.enumerate() if thread.name.startswith("smtp-")]
 
 
 def test_createapikey_prints_a_working_key_once(scenarios: None, gateway: LiveGateway, extra_secrets: list[str]) -> None:

@@ -38,7 +38,9 @@ def test_third_failure_in_a_session_closes_it(gateway: LiveGateway) -> None:
     wire = ehlo(gateway.wire())
     assert wire.command(BAD) == "535 5.7.8 Authentication credentials invalid"
     assert wire.command("AUTH PLAIN " + b64("garbage")) == "501 5.5.2 Can't split auth value"
-    assert wire.command(BAD) == "421 4.7.0 Too many authentication failures"
+    # The third failure is answered as the error it is, then the session closes.
+    assert wire.command(BAD) == "535 5.7.8 Authentication credentials invalid"
+    assert wire.reply() == ["421 4.7.0 Too many authentication failures"]
     assert wire.closed_by_server()
     gateway.settle()
     assert list(AuthAttempt.objects.order_by("created_at").values_list("reason", flat=True)) == [
@@ -106,6 +108,20 @@ def test_rate_limit_is_shared_by_gateways_on_one_database(gateway_factory: Any, 
         assert ehlo(gateway.wire()).command(BAD).startswith("535 ")
         gateway.settle()  # shared once committed: milliseconds after the reply
     assert ehlo(second.wire()).command(GOOD).startswith("454 ")
+    assert ehlo(first.wire()).command(GOOD).startswith("454 ")
+
+
+@pytest.mark.parametrize("run", range(3))
+def test_the_shared_limit_is_exact_when_failures_are_answered_at_once(gateway_factory: Any, scenarios: None, run: int) -> None:
+    """No failure delay, no waiting for commits between steps: a failure's
+    record is committed before its reply, so the other gateway counts it as soon
+    as the client could try again. (Answered first and committed up to 20 ms
+    later, B's two failures were not yet counted when the right key came to A.)"""
+    limit = RateLimit(5, timedelta(minutes=10))
+    first, second = gateway_factory(auth_rate_limit=limit), gateway_factory(auth_rate_limit=limit)
+    assert first.config.auth_failure_delay == 0
+    for gateway in (first, first, first, second, second):
+        assert ehlo(gateway.wire()).command(BAD).startswith("535 ")
     assert ehlo(first.wire()).command(GOOD).startswith("454 ")
 
 

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import ipaddress
 import smtplib
 import socket
 import ssl
+import struct
+import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +30,7 @@ import uvloop
 from aiosmtpd.smtp import Envelope
 
 from smtpgateway.protocol import GatewaySession, GatewaySMTP
-from tests.helpers import UNKNOWN_KEY, VALID_EMAIL, VALID_INBOX, VALID_KEY, LiveGateway, auth, eventually
+from tests.helpers import UNKNOWN_KEY, VALID_EMAIL, VALID_INBOX, VALID_KEY, LiveGateway, Wire, auth, authenticated_wire, eventually
 from tests.test_vanishing import swarm
 
 # What a session makes; ``type``: a class made per message (the stdlib's email
@@ -99,3 +103,72 @@ def test_refused_connections_are_freed_at_once(gateway_factory: Any, scenarios: 
 
     refused_while_one_is_open()
     assert left_to_the_collector(refused_while_one_is_open, gateway) == []
+
+
+def the_session(gateway: LiveGateway) -> weakref.ref[GatewaySMTP]:
+    """A weak reference to the gateway's one open session."""
+    eventually(lambda: len(gateway.server.sessions) == 1)
+    return weakref.ref(next(iter(list(gateway.server.sessions))))
+
+
+def data_timeout(gateway: LiveGateway) -> weakref.ref[GatewaySMTP]:
+    wire = authenticated_wire(gateway)
+    wire.command(f"MAIL FROM:<{VALID_EMAIL}>")
+    wire.command("RCPT TO:<a@example.com>")
+    assert wire.command("DATA").startswith("354 ")
+    wire.sock.sendall(b"Subject: never finished\r\n")
+    session = the_session(gateway)
+    eventually(lambda: not gateway.server.sessions)  # the DATA deadline closed it
+    wire.close()
+    return session
+
+
+def idle_timeout(gateway: LiveGateway) -> weakref.ref[GatewaySMTP]:
+    wire = gateway.wire()
+    wire.command("EHLO tester.example")
+    session = the_session(gateway)
+    assert wire.reply()[0].startswith("421 4.4.2")
+    wire.close()
+    return session
+
+
+def client_reset(gateway: LiveGateway) -> weakref.ref[GatewaySMTP]:
+    wire = authenticated_wire(gateway)
+    wire.command(f"MAIL FROM:<{VALID_EMAIL}>")
+    session = the_session(gateway)
+    wire.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    wire.close()  # an RST, not a FIN
+    return session
+
+
+def shutdown(gateway: LiveGateway) -> weakref.ref[GatewaySMTP]:
+    wire = authenticated_wire(gateway)
+    session = the_session(gateway)
+    gateway.stop()
+    wire.close()
+    return session
+
+
+@pytest.mark.parametrize("ending", [data_timeout, idle_timeout, client_reset, shutdown])
+@pytest.mark.parametrize("loop_factory", LOOPS)
+def test_no_timer_outlives_its_session(
+    gateway_factory: Any,
+    scenarios: None,
+    caplog: pytest.LogCaptureFixture,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+    ending: Callable[[LiveGateway], weakref.ref[GatewaySMTP]],
+) -> None:
+    """However a session ends, its idle timer goes with it: a timer left armed
+    (the DATA deadline re-armed it on the way out) held the session until it
+    fired, then failed in aiosmtpd's callback with a traceback logged at ERROR."""
+    idle = 1.0
+    gateway = gateway_factory(loop_factory=loop_factory, idle_timeout=idle, data_timeout=0.3)
+    started = time.monotonic()
+    session = ending(gateway)
+    # Freed as soon as it ended: nothing (no timer) still holds it.
+    eventually(lambda: session() is None, timeout=idle / 2)
+    time.sleep(max(0.0, started + 2 * idle + 0.3 - time.monotonic()))  # past any timer it could have left
+    if not gateway.loop.is_closed():
+        gateway.stop()
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert errors == []

@@ -311,6 +311,48 @@ def serial_or_none(port: int, cafile: Path) -> int | None:
         return None
 
 
+def starttls_serial(port: int, cafile: Path) -> int:
+    """The serial of the certificate STARTTLS on ``port`` presents."""
+    from cryptography import x509
+
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.starttls(context=ssl.create_default_context(cafile=str(cafile)))
+        der = client.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
+        assert der is not None
+        return x509.load_der_x509_certificate(der).serial_number
+
+
+@pytest.mark.parametrize("before, after", [("ec", "rsa"), ("rsa", "ec"), ("ec", "ec"), ("rsa", "rsa")])
+def test_reload_serves_exactly_the_new_certificate_whatever_its_key_type(
+    gateway_factory: Any, scenarios: None, tmp_path: Path, before: str, after: str
+) -> None:
+    """An OpenSSL context holds one certificate per key type: loaded into the live
+    context, an RSA pair was added beside the EC one, and clients that accept
+    ECDSA kept getting the old certificate. Every new session must get exactly the
+    certificate now in the files, on both listeners; an open session keeps its own."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    old = write_self_signed(cert, key, "mail.test", key_type=before)
+    old_pem = shutil.copy(cert, tmp_path / "old.pem")
+    gateway = gateway_factory(tls_cert_file=cert, tls_key_file=key, tls_port=0)
+    assert served_serial(gateway.tls_port, cert) == starttls_serial(gateway.port, cert) == old.serial
+    open_session = smtplib.SMTP_SSL("127.0.0.1", gateway.tls_port, context=ssl.create_default_context(cafile=old_pem), timeout=10)
+    open_session.ehlo("before.example")
+
+    renewed = write_self_signed(cert, key, "mail.test", key_type=after)
+    assert gateway.server.certificates is not None and gateway.server.certificates.reload()
+    for _ in range(3):  # every new session, not only the first
+        assert served_serial(gateway.tls_port, cert) == renewed.serial
+        assert starttls_serial(gateway.port, cert) == renewed.serial
+    assert open_session.login(VALID_INBOX, VALID_KEY)[0] == 235
+    open_session.quit()
+
+    # A pair that does not load (a certificate without its key) changes nothing.
+    renewed_pem = shutil.copy(cert, tmp_path / "renewed.pem")
+    write_self_signed(cert, tmp_path / "other-key.pem", "mail.test", key_type=before)
+    assert not gateway.server.certificates.reload()
+    assert served_serial(gateway.tls_port, Path(renewed_pem)) == starttls_serial(gateway.port, Path(renewed_pem)) == renewed.serial
+
+
 def test_sighup_reloads_the_certificate_without_dropping_sessions(
     tls_runsmtp: RunSmtp, certificate: tuple[Path, Path], client_context: ssl.SSLContext
 ) -> None:
@@ -322,7 +364,8 @@ def test_sighup_reloads_the_certificate_without_dropping_sessions(
     open_session = smtplib.SMTP_SSL("127.0.0.1", port, context=client_context, timeout=10)
     open_session.ehlo("before.example")
 
-    renewed = write_self_signed(cert, key, "mail.test")
+    # gencert writes EC; a CA or an older certbot issues RSA.
+    renewed = write_self_signed(cert, key, "mail.test", key_type="rsa")
     assert renewed.serial != old.serial
     os.kill(tls_runsmtp.process.pid, signal.SIGHUP)
     deadline = time.monotonic() + 10
@@ -330,6 +373,7 @@ def test_sighup_reloads_the_certificate_without_dropping_sessions(
         assert time.monotonic() < deadline, "the new certificate was not served after SIGHUP"
         time.sleep(0.1)
 
+    assert starttls_serial(tls_runsmtp.port, cert) == renewed.serial
     # ...is still there and still works, and new sessions get the new certificate.
     assert open_session.login(VALID_INBOX, VALID_KEY)[0] == 235
     open_session.quit()

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from smtpgateway.commits import FlushJob, RecordsJob
-from smtpgateway.worker import _STOP, _take_batch
+from smtpgateway.worker import _STOP, Pending, _take_batch
 
 LONG = 5.0  # seconds: a batch that waited this long would fail the timing asserts below
 
@@ -23,8 +23,8 @@ def later(jobs: queue.SimpleQueue[Any], item: Any, delay: float = 0.05) -> threa
 
 def test_records_gather_until_the_linger_ends() -> None:
     jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    jobs.put((RecordsJob(()), None, None))
-    sender = later(jobs, (RecordsJob(()), None, None))
+    jobs.put(Pending(RecordsJob(())))
+    sender = later(jobs, Pending(RecordsJob(())))
     started = time.monotonic()
     batch, stopped = _take_batch(jobs, linger=0.5)
     sender.join()
@@ -34,8 +34,8 @@ def test_records_gather_until_the_linger_ends() -> None:
 
 def test_a_job_someone_waits_for_ends_the_linger() -> None:
     jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    jobs.put((RecordsJob(()), None, None))
-    sender = later(jobs, (FlushJob(), object(), object()))  # awaited: has a loop and a future
+    jobs.put(Pending(RecordsJob(())))
+    sender = later(jobs, Pending(FlushJob(), object(), object()))  # awaited: has a loop and a future
     started = time.monotonic()
     batch, _ = _take_batch(jobs, linger=LONG)
     sender.join()
@@ -45,7 +45,7 @@ def test_a_job_someone_waits_for_ends_the_linger() -> None:
 
 def test_an_awaited_job_first_is_taken_without_lingering() -> None:
     jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    jobs.put((RecordsJob(()), object(), object()))
+    jobs.put(Pending(RecordsJob(()), object(), object()))
     started = time.monotonic()
     batch, _ = _take_batch(jobs, linger=LONG)
     assert len(batch) == 1 and time.monotonic() - started < LONG / 2
@@ -53,10 +53,22 @@ def test_an_awaited_job_first_is_taken_without_lingering() -> None:
 
 def test_a_stop_request_ends_the_linger() -> None:
     jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    jobs.put((RecordsJob(()), None, None))
+    jobs.put(Pending(RecordsJob(())))
     sender = later(jobs, _STOP)
     started = time.monotonic()
     batch, stopped = _take_batch(jobs, linger=LONG)
     sender.join()
     assert len(batch) == 1 and stopped
+    assert time.monotonic() - started < LONG / 2
+
+
+def test_records_that_hold_back_answers_end_the_linger() -> None:
+    """AUTH failures are answered once their records commit: no lingering for them."""
+    jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    jobs.put(Pending(RecordsJob(())))
+    sender = later(jobs, Pending(RecordsJob(()), then=((object(), object(), None),)))
+    started = time.monotonic()
+    batch, _ = _take_batch(jobs, linger=LONG)
+    sender.join()
+    assert len(batch) == 2
     assert time.monotonic() - started < LONG / 2

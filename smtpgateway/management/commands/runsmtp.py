@@ -17,7 +17,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from smtpgateway import glibc
 from smtpgateway.supervisor import run_workers
-from smtpgateway.server import AUTH_MECHANISMS, GatewayConfig, GatewayServer, serve_until_signalled
+from smtpgateway.server import AUTH_MECHANISMS, CannotListen, GatewayConfig, GatewayServer, serve_until_signalled
 
 
 def describe_database() -> str:
@@ -152,13 +152,14 @@ class Command(BaseCommand):
             raise CommandError(f"TLS is misconfigured: {error}") from error
         except FileNotFoundError as error:
             raise CommandError(f"TLS certificate or key not found: {error.filename} (make one with manage.py gencert).") from error
-        except OSError as error:
+        except CannotListen as failure:
+            error = failure.error
             reason = {
                 errno.EADDRINUSE: "that port is already in use",
                 errno.EACCES: "permission denied (ports below 1024 need privileges)",
                 errno.EADDRNOTAVAIL: "that address is not on this machine",
             }.get(error.errno or 0, error.strerror or str(error))
-            raise CommandError(f"Cannot listen on {config.host}:{config.port}: {reason}.") from error
+            raise CommandError(f"Cannot listen on {failure.listener}: {reason}.") from failure
         # Log lines are written by a thread of their own (smtpgateway.logwriter):
         # let the last ones out before the final word.
         for handler in logging.getLogger().handlers:
