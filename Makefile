@@ -1,13 +1,16 @@
 # Two commands for a fresh machine with Python 3.11:
 #   make run   - set up, then the SMTP gateway (127.0.0.1:2525) and the admin (127.0.0.1:8000)
 #   make test  - set up, then the whole test suite
+# and for developers:
+#   make check     - ruff (lint, format), mypy (strict), makemigrations --check
+#   make test-unit - the unit tier only (tests/unit: no server), in seconds
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test setup bench clean
+.PHONY: run test test-unit check setup bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +37,15 @@ run: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+check: $(INSTALLED) .env
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(PY) manage.py makemigrations --check --dry-run
 
 BENCH_ARGS ?=
 # The benchmark (bench/run.py): needs gcc; uses PostgreSQL too when reachable.

@@ -15,7 +15,7 @@ which Django's admin does not catch, so the page was a 500 on PostgreSQL:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
@@ -23,7 +23,7 @@ from django.contrib.admin.utils import NotRelationField, get_fields_from_path
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.core.validators import validate_ipv46_address
-from django.db.models import GenericIPAddressField
+from django.db.models import GenericIPAddressField, Model
 from django.db.models.constants import LOOKUP_SEP
 from django.http import HttpRequest
 
@@ -49,7 +49,10 @@ class CheckedChangeList(ChangeList):
         return lookup_params
 
 
-class CheckedLookupsAdmin(admin.ModelAdmin):
+_M = TypeVar("_M", bound=Model)
+
+
+class CheckedLookupsAdmin(admin.ModelAdmin[_M]):
     """The base of this project's model admins."""
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:

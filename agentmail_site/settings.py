@@ -1,6 +1,6 @@
 """Settings for agentmail-smtp: the one place the environment is read.
 
-Every variable is documented in `.env.example` and the README's configuration table.
+Every variable is described in docs/configuration.md (values in `.env.example`).
 An optional `.env` file in the project root is read first; real environment
 variables win over it.
 """
@@ -10,8 +10,12 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import django_stubs_ext
 import environ
 from django.core.exceptions import ImproperlyConfigured
+
+# Lets the admin's classes be subscripted as django-stubs types them (ModelAdmin[ApiKey]).
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -181,8 +185,8 @@ LOGGING = {
     },
     "handlers": {
         # Written by a thread of its own: a stalled reader of stderr must not block
-        # the event loop (smtpgateway/logwriter.py).
-        "console": {"class": "smtpgateway.logwriter.BackgroundStreamHandler", "formatter": "plain"},
+        # the event loop (smtpgateway/runtime/logwriter.py).
+        "console": {"class": "smtpgateway.runtime.logwriter.BackgroundStreamHandler", "formatter": "plain"},
     },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {

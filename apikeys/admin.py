@@ -18,7 +18,7 @@ from apikeys.models import ApiKey
 from apikeys.scopes import KNOWN_SCOPES, SMTP_SEND
 
 
-class ApiKeyForm(forms.ModelForm):
+class ApiKeyForm(forms.ModelForm[ApiKey]):
     scopes = forms.MultipleChoiceField(
         choices=[(scope, f"{scope}: {text}") for scope, text in KNOWN_SCOPES.items()],
         widget=forms.CheckboxSelectMultiple,
@@ -34,7 +34,7 @@ class StateFilter(admin.SimpleListFilter):
     title = "state"
     parameter_name = "state"
 
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]) -> list[tuple[str, str]]:
         return list(ApiKey.State.choices)
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> QuerySet[ApiKey]:
@@ -49,9 +49,18 @@ class StateFilter(admin.SimpleListFilter):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(CheckedLookupsAdmin):
+class ApiKeyAdmin(CheckedLookupsAdmin[ApiKey]):
     form = ApiKeyForm
-    list_display = ("prefix_display", "name", "organization", "scope_list", "state_display", "expires_at", "last_used_at", "created_at")
+    list_display = (
+        "prefix_display",
+        "name",
+        "organization",
+        "scope_list",
+        "state_display",
+        "expires_at",
+        "last_used_at",
+        "created_at",
+    )
     list_filter = (StateFilter, "organization")
     list_select_related = ("organization",)
     search_fields = ("prefix", "name", "organization__public_id")
@@ -65,7 +74,17 @@ class ApiKeyAdmin(CheckedLookupsAdmin):
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> tuple[str, ...]:
         if obj is None:
             return ("organization", "name", "scopes", "expires_at")
-        return ("prefix_display", "organization", "name", "scopes", "expires_at", "state_display", "revoked_at", "last_used_at", "created_at")
+        return (
+            "prefix_display",
+            "organization",
+            "name",
+            "scopes",
+            "expires_at",
+            "state_display",
+            "revoked_at",
+            "last_used_at",
+            "created_at",
+        )
 
     @admin.display(description="key", ordering="prefix")
     def prefix_display(self, api_key: ApiKey) -> str:
@@ -84,7 +103,7 @@ class ApiKeyAdmin(CheckedLookupsAdmin):
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
 
-    def save_model(self, request: HttpRequest, obj: ApiKey, form: forms.ModelForm, change: bool) -> None:
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: forms.ModelForm[ApiKey], change: bool) -> None:
         if not change:
             # Issued here so the plaintext exists only in this request's memory.
             plaintext = keys.generate_key()

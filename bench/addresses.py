@@ -1,5 +1,5 @@
 """Time to parse one MAIL/RCPT argument: the gateway's RFC 5321 parser
-(``smtpgateway.addresses``) against the stdlib RFC 5322 parser that aiosmtpd uses,
+(``smtpgateway.session.addresses``) against the stdlib RFC 5322 parser that aiosmtpd uses,
 on the common form and on arguments crafted to be slow, each near the 512-byte
 command line limit. Prints microseconds per call (best of five runs).
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from smtpgateway.addresses import parse_path  # noqa: E402
+from smtpgateway.session.addresses import parse_path  # noqa: E402
 
 ARGUMENTS = {
     "common <local@domain> SIZE=": "<first.last+tag@mail.example.com> SIZE=2048",

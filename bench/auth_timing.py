@@ -30,7 +30,8 @@ CASES = {
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def start_gateway(delay: float) -> tuple[subprocess.Popen[bytes], int]:
@@ -45,8 +46,11 @@ def start_gateway(delay: float) -> tuple[subprocess.Popen[bytes], int]:
         "LOG_LEVEL": "ERROR",
     }
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "runsmtp", "--port", str(port)], cwd=ROOT, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "manage.py", "runsmtp", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     for _ in range(200):
         try:
@@ -97,7 +101,9 @@ def main() -> None:
         print(f"{'reason':<24}{'p10':>9}{'p50':>9}{'p90':>9}{'p99':>9}{'mean':>9}{'stdev':>9}")
         for reason, values in times.items():
             q = statistics.quantiles([v * 1000 for v in values], n=100)
-            print(f"{reason:<24}{q[9]:9.2f}{q[49]:9.2f}{q[89]:9.2f}{q[98]:9.2f}{statistics.mean(values) * 1000:9.2f}{statistics.stdev(values) * 1000:9.2f}")
+            print(
+                f"{reason:<24}{q[9]:9.2f}{q[49]:9.2f}{q[89]:9.2f}{q[98]:9.2f}{statistics.mean(values) * 1000:9.2f}{statistics.stdev(values) * 1000:9.2f}"
+            )
 
 
 if __name__ == "__main__":

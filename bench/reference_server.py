@@ -28,8 +28,16 @@ async def main(port: int) -> None:
     loop = asyncio.get_running_loop()
     handler = DiscardHandler()
     server = await loop.create_server(
-        lambda: SMTP(handler, authenticator=authenticator, auth_require_tls=False, hostname="reference", data_size_limit=11 * 2**20),
-        host="127.0.0.1", port=port, backlog=1024,
+        lambda: SMTP(
+            handler,
+            authenticator=authenticator,
+            auth_require_tls=False,
+            hostname="reference",
+            data_size_limit=11 * 2**20,
+        ),
+        host="127.0.0.1",
+        port=port,
+        backlog=1024,
     )
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

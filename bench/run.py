@@ -43,18 +43,25 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "var" / "bench"
 LOADGEN = BUILD / "smtpload"
-INBOX, KEY, WRONG_KEY = "inb_valid1234567890", "am_validkey12345678901234567890123456", "am_doesnotexist0123456789012345678901"
+INBOX, KEY, WRONG_KEY = (
+    "inb_valid1234567890",
+    "am_validkey12345678901234567890123456",
+    "am_doesnotexist0123456789012345678901",
+)
 TWO_CPUS = (os.cpu_count() or 1) >= 2
 SERVER_CPU, CLIENT_CPU = "0", "1"
 SCALING: tuple[str, dict[str, Any]] | None = None
 T = TypeVar("T")
+# One server's cells: (scenario name, concurrency) -> what the load generator measured.
+Cells = dict[tuple[str, int], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -77,7 +84,7 @@ CONCURRENCY = [1, 16, 64, 256]
 # Failed against successful AUTH, alternating (paired_ratio).
 PAIRED_CONCURRENCY, PAIRED_ROUNDS, PAIRED_SECONDS = [64, 256], 6, 1.5
 SCALING_ROUNDS = 4  # cells per worker count, alternating
-# The gateway's threads, as smtpgateway.glibc names them (one committer: SMTP_DB_WORKERS=1).
+# The gateway's threads, as smtpgateway.runtime.glibc names them (one committer: SMTP_DB_WORKERS=1).
 THREAD_COLUMNS = ["event loop", "smtp-check", "smtp-commit-0", "log-writer"]
 
 GATEWAY_ENV = {
@@ -107,7 +114,8 @@ def pinned(cpu: str, command: list[str]) -> list[str]:
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def build_loadgen() -> None:
@@ -159,8 +167,13 @@ class Server:
         self.label = label
         self.port = free_port()
         self.process = subprocess.Popen(
-            pinned(SERVER_CPU, [*command, str(self.port)] if "reference" in label else [*command, "--port", str(self.port)]),
-            cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            pinned(
+                SERVER_CPU, [*command, str(self.port)] if "reference" in label else [*command, "--port", str(self.port)]
+            ),
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         for _ in range(300):
             try:
@@ -216,17 +229,32 @@ SPEED_PROBE = (
 
 def speed_probe() -> float:
     """Milliseconds for the probe on the server's CPU (median of nine; higher is slower)."""
-    output = subprocess.run(pinned(SERVER_CPU, [sys.executable, "-c", SPEED_PROBE]), capture_output=True, text=True, check=True)
+    output = subprocess.run(
+        pinned(SERVER_CPU, [sys.executable, "-c", SPEED_PROBE]), capture_output=True, text=True, check=True
+    )
     return float(output.stdout)
 
 
 def load(port: int, scenario: Scenario, concurrency: int, seconds: float, pin: bool = True) -> dict[str, Any]:
     """One run of the load generator (its JSON line), on CLIENT_CPU if ``pin``."""
     payload = base64.b64encode(f"\0{INBOX}\0{scenario.password}".encode()).decode()
-    command = [str(LOADGEN), "127.0.0.1", str(port), str(concurrency), str(seconds), payload,
-               str(scenario.expect), str(scenario.messages), str(scenario.body), "1"]
-    output = subprocess.run(pinned(CLIENT_CPU, command) if pin else command, capture_output=True, text=True, check=True).stdout
-    return json.loads(output)
+    command = [
+        str(LOADGEN),
+        "127.0.0.1",
+        str(port),
+        str(concurrency),
+        str(seconds),
+        payload,
+        str(scenario.expect),
+        str(scenario.messages),
+        str(scenario.body),
+        "1",
+    ]
+    output = subprocess.run(
+        pinned(CLIENT_CPU, command) if pin else command, capture_output=True, text=True, check=True
+    ).stdout
+    measured: dict[str, Any] = json.loads(output)
+    return measured
 
 
 def run_cell(server: Server, scenario: Scenario, concurrency: int, seconds: float) -> dict[str, Any]:
@@ -235,7 +263,9 @@ def run_cell(server: Server, scenario: Scenario, concurrency: int, seconds: floa
     cpu, threads_after = server.cpu_seconds() - cpu_before, server.thread_seconds()
     sessions = max(result["sessions"], 1)
     return {
-        "thread_us": {name: (used - threads_before.get(name, 0.0)) * 1e6 / sessions for name, used in threads_after.items()},
+        "thread_us": {
+            name: (used - threads_before.get(name, 0.0)) * 1e6 / sessions for name, used in threads_after.items()
+        },
         "rate": result["sessions"] / result["elapsed"],
         "cpu_ms": cpu * 1000 / sessions,
         "p50": result["auth_p50_ms"],
@@ -248,23 +278,39 @@ def run_cell(server: Server, scenario: Scenario, concurrency: int, seconds: floa
     }
 
 
-def paired_ratio(server: Server, base: Scenario, other: Scenario, concurrency: int, rounds: int, seconds: float) -> dict[str, float]:
+def paired_ratio(
+    server: Server, base: Scenario, other: Scenario, concurrency: int, rounds: int, seconds: float
+) -> dict[str, Any]:
     """``other`` against ``base`` on one server, in short cells that alternate
     (ABBA...): this VM's speed drifts by tens of percent within a minute, so two
     cells measured a dozen seconds apart (as in the tables) can differ by more
     than the servers' paths do. Each round gives a ratio of two neighbouring
     cells; the median of the rounds is reported, with their range."""
-    pairs = alternating(lambda: run_cell(server, base, concurrency, seconds), lambda: run_cell(server, other, concurrency, seconds), rounds)
+    pairs = alternating(
+        lambda: run_cell(server, base, concurrency, seconds),
+        lambda: run_cell(server, other, concurrency, seconds),
+        rounds,
+    )
     rates = [b["rate"] / a["rate"] for a, b in pairs]
     cpus = [b["cpu_ms"] / a["cpu_ms"] for a, b in pairs]
     errors = sum(a["errors"] + b["errors"] for a, b in pairs)
     names = sorted({name for a, b in pairs for name in (*a["thread_us"], *b["thread_us"])})
     threads = {  # median µs per session of each thread: (base, other)
-        name: (statistics.median(a["thread_us"].get(name, 0.0) for a, _ in pairs), statistics.median(b["thread_us"].get(name, 0.0) for _, b in pairs))
+        name: (
+            statistics.median(a["thread_us"].get(name, 0.0) for a, _ in pairs),
+            statistics.median(b["thread_us"].get(name, 0.0) for _, b in pairs),
+        )
         for name in names
     }
-    return {"rate": statistics.median(rates), "low": min(rates), "high": max(rates), "cpu": statistics.median(cpus), "errors": errors,
-            "rounds": rounds, "threads": threads}
+    return {
+        "rate": statistics.median(rates),
+        "low": min(rates),
+        "high": max(rates),
+        "cpu": statistics.median(cpus),
+        "errors": errors,
+        "rounds": rounds,
+        "threads": threads,
+    }
 
 
 def alternating(measure_a: Callable[[], T], measure_b: Callable[[], T], rounds: int) -> list[tuple[T, T]]:
@@ -325,10 +371,21 @@ def scaling_profile(command: list[str], env: dict[str, str], seconds: float, rou
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for workers, port in ports.items():
-            processes.append(subprocess.Popen([*command, "--port", str(port), "--workers", str(workers)], cwd=ROOT,
-                                              env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            processes.append(
+                subprocess.Popen(
+                    [*command, "--port", str(port), "--workers", str(workers)],
+                    cwd=ROOT,
+                    env={**os.environ, **env},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         time.sleep(6)  # every worker of both up
-        pairs = alternating(*(functools.partial(load, ports[workers], SCENARIOS[0], 256, seconds, pin=False) for workers in (1, 2)), rounds)
+        pairs = alternating(
+            functools.partial(load, ports[1], SCENARIOS[0], 256, seconds, pin=False),
+            functools.partial(load, ports[2], SCENARIOS[0], 256, seconds, pin=False),
+            rounds,
+        )
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
@@ -336,8 +393,13 @@ def scaling_profile(command: list[str], env: dict[str, str], seconds: float, rou
 
     def summary(runs: list[dict[str, Any]]) -> dict[str, float]:
         rates = [run["sessions"] / run["elapsed"] for run in runs]
-        return {"rate": statistics.median(rates), "low": min(rates), "high": max(rates),
-                "p99": statistics.median(run["auth_p99_ms"] for run in runs), "errors": sum(run["errors"] for run in runs)}
+        return {
+            "rate": statistics.median(rates),
+            "low": min(rates),
+            "high": max(rates),
+            "p99": statistics.median(run["auth_p99_ms"] for run in runs),
+            "errors": sum(run["errors"] for run in runs),
+        }
 
     ratios = [(two["sessions"] / two["elapsed"]) / (one["sessions"] / one["elapsed"]) for one, two in pairs]
     return {
@@ -348,9 +410,9 @@ def scaling_profile(command: list[str], env: dict[str, str], seconds: float, rou
 
 
 def render(
-    results: dict[str, dict],
-    memory: dict[str, dict],
-    paired: dict[tuple[str, int], dict[str, float]],
+    results: dict[str, Cells],
+    memory: dict[str, dict[str, Any]],
+    paired: dict[tuple[str, int], dict[str, Any]],
     speeds: dict[str, list[float]],
     seconds: float,
     concurrencies: list[int],
@@ -359,7 +421,7 @@ def render(
     lines = [
         "# Benchmarks",
         "",
-        f"Run {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()}: {os.cpu_count()} CPUs "
+        f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on {platform.node()}: {os.cpu_count()} CPUs "
         f"({platform.processor() or platform.machine()}), Python {platform.python_version()}, {platform.system()} {platform.release()}.",
         f"Server pinned to CPU {SERVER_CPU}, load generator (bench/smtpload.c) to CPU {CLIENT_CPU}: {TWO_CPUS}. "
         f"{seconds:g} s per cell, loopback. A session is connect + EHLO + AUTH PLAIN (+ messages) + QUIT; every reply checked.",
@@ -372,11 +434,17 @@ def render(
         "",
         "Speed probe, the same pure-Python loop on the server's CPU before and after each server's cells "
         "(ms, higher = a slower machine at that time): "
-        + "; ".join(f"{label} {before:.1f} / {after:.1f}" for label, (before, after) in speeds.items()) + ".",
+        + "; ".join(f"{label} {before:.1f} / {after:.1f}" for label, (before, after) in speeds.items())
+        + ".",
         "",
     ]
     for scenario in SCENARIOS:
-        lines += [f"## {scenario.title}", "", "| server | conns | sessions/s | ratio | CPU ms/session | AUTH p50 ms | p95 | p99 | errors |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"## {scenario.title}",
+            "",
+            "| server | conns | sessions/s | ratio | CPU ms/session | AUTH p50 ms | p95 | p99 | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for label, cells in results.items():
             for concurrency in concurrencies:
                 cell = cells.get((scenario.name, concurrency))
@@ -389,50 +457,80 @@ def render(
                 )
         lines.append("")
     top = max(concurrencies)
-    lines += [f"## AUTH p99 at {top} connections: the opening burst", "",
-              f"The load generator opens all {top} connections in the same millisecond, so the first AUTHs wait while the server "
-              "accepts and greets the others; at 256 connections that burst can be 1–2% of a cell, enough to set its p99. "
-              "The p99 in the tables counts it; here it is next to the p99 of the AUTHs sent after the first 0.5 s.", "",
-              "| server | " + " | ".join(f"{scenario.title[:3]} whole cell | after 0.5 s" for scenario in SCENARIOS) + " |",
-              "|---|" + "---:|---:|" * len(SCENARIOS)]
+    lines += [
+        f"## AUTH p99 at {top} connections: the opening burst",
+        "",
+        f"The load generator opens all {top} connections in the same millisecond, so the first AUTHs wait while the server "
+        "accepts and greets the others; at 256 connections that burst can be 1–2% of a cell, enough to set its p99. "
+        "The p99 in the tables counts it; here it is next to the p99 of the AUTHs sent after the first 0.5 s.",
+        "",
+        "| server | " + " | ".join(f"{scenario.title[:3]} whole cell | after 0.5 s" for scenario in SCENARIOS) + " |",
+        "|---|" + "---:|---:|" * len(SCENARIOS),
+    ]
     for label, cells in results.items():
         row = [cells.get((scenario.name, top)) for scenario in SCENARIOS]
-        lines.append(f"| {label} | " + " | ".join(f"{cell['p99']:.1f} | {cell['p99_settled']:.1f}" if cell else "- | -" for cell in row) + " |")
+        lines.append(
+            f"| {label} | "
+            + " | ".join(f"{cell['p99']:.1f} | {cell['p99_settled']:.1f}" if cell else "- | -" for cell in row)
+            + " |"
+        )
     lines.append("")
-    lines += [f"## Where a session waits at {top} connections", "",
-              f"Each of the {top} connections runs sessions back to back, so a session lasts {top} ÷ sessions/s on average, "
-              "however fast the server; the server's scheduling decides in which step that time is spent. Here it is next to "
-              "two of the steps: the wait for the greeting (connect → 220, before the server has started on the session) "
-              "and the AUTH step. An AUTH latency below the reference's can come with a longer wait for the greeting.", "",
-              "| server | scenario | session ms (mean) | greeting p50 ms | greeting p99 | AUTH p50 ms | AUTH p99 |",
-              "|---|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        f"## Where a session waits at {top} connections",
+        "",
+        f"Each of the {top} connections runs sessions back to back, so a session lasts {top} ÷ sessions/s on average, "
+        "however fast the server; the server's scheduling decides in which step that time is spent. Here it is next to "
+        "two of the steps: the wait for the greeting (connect → 220, before the server has started on the session) "
+        "and the AUTH step. An AUTH latency below the reference's can come with a longer wait for the greeting.",
+        "",
+        "| server | scenario | session ms (mean) | greeting p50 ms | greeting p99 | AUTH p50 ms | AUTH p99 |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for label, cells in results.items():
         for scenario in SCENARIOS[:3]:
             cell = cells.get((scenario.name, top))
             if cell:
-                lines.append(f"| {label} | {scenario.title[:3]} | {top * 1000 / max(cell['rate'], 1e-9):.0f} | {cell['greeting_p50']:.1f} | "
-                             f"{cell['greeting_p99']:.1f} | {cell['p50']:.1f} | {cell['p99']:.1f} |")
+                lines.append(
+                    f"| {label} | {scenario.title[:3]} | {top * 1000 / max(cell['rate'], 1e-9):.0f} | {cell['greeting_p50']:.1f} | "
+                    f"{cell['greeting_p99']:.1f} | {cell['p50']:.1f} | {cell['p99']:.1f} |"
+                )
     lines.append("")
     if paired:
         rounds = max(int(pair["rounds"]) for pair in paired.values())
-        lines += ["## Failed ÷ successful AUTH, interleaved", "",
-                  f"(a) and (b) above are measured a dozen seconds apart, and this machine's speed drifts in between. Here the two "
-                  f"alternate on one server in {PAIRED_SECONDS:g} s cells, {rounds} round(s) of one each; the median of the rounds' ratios, "
-                  "and their range. 1.00 = a failed AUTH session costs what a successful one does.", "",
-                  "| server | conns | sessions/s: failed ÷ successful | range | CPU per session: failed ÷ successful | errors |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "## Failed ÷ successful AUTH, interleaved",
+            "",
+            f"(a) and (b) above are measured a dozen seconds apart, and this machine's speed drifts in between. Here the two "
+            f"alternate on one server in {PAIRED_SECONDS:g} s cells, {rounds} round(s) of one each; the median of the rounds' ratios, "
+            "and their range. 1.00 = a failed AUTH session costs what a successful one does.",
+            "",
+            "| server | conns | sessions/s: failed ÷ successful | range | CPU per session: failed ÷ successful | errors |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for (label, concurrency), pair in paired.items():
-            lines.append(f"| {label} | {concurrency} | {pair['rate']:.2f} | {pair['low']:.2f}–{pair['high']:.2f} | {pair['cpu']:.2f} | {pair['errors']:.0f} |")
-        lines += ["", "Where the CPU goes, per thread of our gateway: µs per session, medians of the same rounds, successful / failed "
-                  "(a thread is counted where a tick of the kernel's 10 ms clock found it; short cells make these approximate).", "",
-                  "| server | conns | " + " | ".join(THREAD_COLUMNS) + " |", "|---|---:|" + "---:|" * len(THREAD_COLUMNS)]
+            lines.append(
+                f"| {label} | {concurrency} | {pair['rate']:.2f} | {pair['low']:.2f}–{pair['high']:.2f} | {pair['cpu']:.2f} | {pair['errors']:.0f} |"
+            )
+        lines += [
+            "",
+            "Where the CPU goes, per thread of our gateway: µs per session, medians of the same rounds, successful / failed "
+            "(a thread is counted where a tick of the kernel's 10 ms clock found it; short cells make these approximate).",
+            "",
+            "| server | conns | " + " | ".join(THREAD_COLUMNS) + " |",
+            "|---|---:|" + "---:|" * len(THREAD_COLUMNS),
+        ]
         for (label, concurrency), pair in paired.items():
             if label != "reference":
                 per_thread = [pair["threads"].get(name, (0.0, 0.0)) for name in THREAD_COLUMNS]
-                cells = [f"{successful:.0f} / {failed:.0f}" for successful, failed in per_thread]
-                lines.append(f"| {label} | {concurrency} | " + " | ".join(cells) + " |")
+                shown = [f"{successful:.0f} / {failed:.0f}" for successful, failed in per_thread]
+                lines.append(f"| {label} | {concurrency} | " + " | ".join(shown) + " |")
         lines.append("")
-    lines += ["## Memory", "", "| server | RSS at start MiB | with 256 idle sessions | 10 MiB message: peak rise | RSS before → after the message |", "|---|---:|---:|---:|---:|"]
+    lines += [
+        "## Memory",
+        "",
+        "| server | RSS at start MiB | with 256 idle sessions | 10 MiB message: peak rise | RSS before → after the message |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for label, mem in memory.items():
         lines.append(
             f"| {label} | {mem['base_mib']:.1f} | {mem['idle256_mib']:.1f} | {mem['msg_peak_rise_mib']:.1f} "
@@ -441,19 +539,29 @@ def render(
     if SCALING:
         label, scaling = SCALING
         ratio, ratio_low, ratio_high = scaling["ratio"]
-        lines += ["", f"## runsmtp --workers ({label}, successful AUTH, 256 connections, not pinned)", "",
-                  f"Both servers run at once and take turns, {scaling['rounds']} cell(s) of {seconds:g} s each; medians, with the range. "
-                  f"2 workers ÷ 1, cell by cell: {ratio:.2f} ({ratio_low:.2f}–{ratio_high:.2f}).", "",
-                  "| workers | sessions/s | range | AUTH p99 ms | errors |", "|---:|---:|---:|---:|---:|"]
-        lines += [f"| {w} | {r['rate']:.0f} | {r['low']:.0f}–{r['high']:.0f} | {r['p99']:.1f} | {r['errors']:.0f} |"
-                  for w, r in scaling["workers"].items()]
-        lines.append(f"\nWith {os.cpu_count()} CPUs shared by the workers, the load generator and the database, "
-                     "this shows the direction, not the scaling a many-core host would give.")
+        lines += [
+            "",
+            f"## runsmtp --workers ({label}, successful AUTH, 256 connections, not pinned)",
+            "",
+            f"Both servers run at once and take turns, {scaling['rounds']} cell(s) of {seconds:g} s each; medians, with the range. "
+            f"2 workers ÷ 1, cell by cell: {ratio:.2f} ({ratio_low:.2f}–{ratio_high:.2f}).",
+            "",
+            "| workers | sessions/s | range | AUTH p99 ms | errors |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {w} | {r['rate']:.0f} | {r['low']:.0f}–{r['high']:.0f} | {r['p99']:.1f} | {r['errors']:.0f} |"
+            for w, r in scaling["workers"].items()
+        ]
+        lines.append(
+            f"\nWith {os.cpu_count()} CPUs shared by the workers, the load generator and the database, "
+            "this shows the direction, not the scaling a many-core host would give."
+        )
     lines += ["", "![sessions/s and AUTH p99 per concurrency](benchmarks.png)", ""]
     return "\n".join(lines)
 
 
-def chart(results: dict[str, dict], concurrencies: list[int], path: Path) -> None:
+def chart(results: dict[str, Cells], concurrencies: list[int], path: Path) -> None:
     try:
         import matplotlib
 
@@ -499,11 +607,13 @@ def main() -> None:
     postgres_url = os.environ.get("BENCH_POSTGRES_URL", "postgres://agentmail:agentmail@127.0.0.1:5432/agentmail_bench")
     if fresh_postgres_database(postgres_url):
         prepare_database(postgres_url)
-        servers.append(("ours, PostgreSQL", [python, "manage.py", "runsmtp"], {**GATEWAY_ENV, "DATABASE_URL": postgres_url}))
+        servers.append(
+            ("ours, PostgreSQL", [python, "manage.py", "runsmtp"], {**GATEWAY_ENV, "DATABASE_URL": postgres_url})
+        )
 
-    results: dict[str, dict] = {}
-    memory: dict[str, dict] = {}
-    paired: dict[tuple[str, int], dict[str, float]] = {}
+    results: dict[str, Cells] = {}
+    memory: dict[str, dict[str, Any]] = {}
+    paired: dict[tuple[str, int], dict[str, Any]] = {}
     speeds: dict[str, list[float]] = {}
     paired_concurrencies, paired_rounds = ([64], 1) if args.quick else (PAIRED_CONCURRENCY, PAIRED_ROUNDS)
     for label, command, env in servers:
@@ -515,17 +625,28 @@ def main() -> None:
                 for concurrency in concurrencies:
                     cell = run_cell(server, scenario, concurrency, seconds)
                     cells[(scenario.name, concurrency)] = cell
-                    print(f"{label:17} {scenario.name:10} c={concurrency:<4} {cell['rate']:8.0f}/s  cpu {cell['cpu_ms']:.2f} ms  "
-                          f"AUTH p50/p95/p99 {cell['p50']:.1f}/{cell['p95']:.1f}/{cell['p99']:.1f} ms  errors {cell['errors']:.0f}", flush=True)
+                    print(
+                        f"{label:17} {scenario.name:10} c={concurrency:<4} {cell['rate']:8.0f}/s  cpu {cell['cpu_ms']:.2f} ms  "
+                        f"AUTH p50/p95/p99 {cell['p50']:.1f}/{cell['p95']:.1f}/{cell['p99']:.1f} ms  errors {cell['errors']:.0f}",
+                        flush=True,
+                    )
             for concurrency in paired_concurrencies:
-                pair = paired_ratio(server, SCENARIOS[0], SCENARIOS[1], concurrency, paired_rounds, min(seconds, PAIRED_SECONDS))
+                pair = paired_ratio(
+                    server, SCENARIOS[0], SCENARIOS[1], concurrency, paired_rounds, min(seconds, PAIRED_SECONDS)
+                )
                 paired[(label, concurrency)] = pair
-                print(f"{label:17} failed/successful c={concurrency:<4} sessions/s {pair['rate']:.2f} "
-                      f"({pair['low']:.2f}-{pair['high']:.2f})  cpu {pair['cpu']:.2f}  errors {pair['errors']:.0f}", flush=True)
+                print(
+                    f"{label:17} failed/successful c={concurrency:<4} sessions/s {pair['rate']:.2f} "
+                    f"({pair['low']:.2f}-{pair['high']:.2f})  cpu {pair['cpu']:.2f}  errors {pair['errors']:.0f}",
+                    flush=True,
+                )
         finally:
             server.stop()
         speeds[label].append(speed_probe())
-        print(f"{label:17} speed probe before/after its cells: {speeds[label][0]:.1f} / {speeds[label][1]:.1f} ms", flush=True)
+        print(
+            f"{label:17} speed probe before/after its cells: {speeds[label][0]:.1f} / {speeds[label][1]:.1f} ms",
+            flush=True,
+        )
         fresh = Server(label, command, env)  # memory on a fresh process
         try:
             memory[label] = memory_profile(fresh)

@@ -12,7 +12,7 @@ from inboxes.models import Inbox, Message, Organization
 
 
 @admin.register(Organization)
-class OrganizationAdmin(CheckedLookupsAdmin):
+class OrganizationAdmin(CheckedLookupsAdmin[Organization]):
     list_display = ("public_id", "name", "created_at")
     search_fields = ("public_id", "name")
     readonly_fields = ("created_at",)
@@ -29,7 +29,7 @@ def _status_action(status: Inbox.Status, verb: str):  # type: ignore[no-untyped-
 
 
 @admin.register(Inbox)
-class InboxAdmin(CheckedLookupsAdmin):
+class InboxAdmin(CheckedLookupsAdmin[Inbox]):
     list_display = ("inbox_id", "email", "display_name", "organization", "status", "created_at")
     list_filter = ("status", "organization")
     list_select_related = ("organization",)
@@ -43,19 +43,21 @@ class InboxAdmin(CheckedLookupsAdmin):
 
 
 class MessageChangeList(CheckedChangeList):
-    def get_queryset(self, request: HttpRequest, exclude_parameters: list[str] | None = None) -> QuerySet[Message]:
+    def get_queryset(
+        self, request: HttpRequest, exclude_parameters: list[str | None] | None = None
+    ) -> QuerySet[Message]:
         # The list never shows bodies, which can be megabytes each.
         return super().get_queryset(request, exclude_parameters).defer("raw")
 
 
 @admin.register(Message)
-class MessageAdmin(CheckedLookupsAdmin):
+class MessageAdmin(CheckedLookupsAdmin[Message]):
     """Read-only: messages are written by the gateway only."""
 
     list_display = ("queue_id", "inbox", "envelope_from", "recipient_count", "subject", "size", "status", "created_at")
     # A date filter (today, past 7 days, this month, this year), not a date
     # hierarchy: that runs a SELECT DISTINCT over the whole table on every page
-    # view (460 ms at 2 million rows on PostgreSQL), where a range costs ~1 ms.
+    # view, where a range is an index scan.
     list_filter = ("status", ("created_at", admin.DateFieldListFilter), "inbox__organization")
     list_select_related = ("inbox",)
     search_fields = ("queue_id", "message_id", "subject", "envelope_from", "inbox__inbox_id")

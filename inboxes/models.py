@@ -6,6 +6,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 
 from inboxes.ids import INBOX_ID_PATTERN, ORGANIZATION_ID_PATTERN
+from inboxes.status import InboxStatus
 
 
 class Organization(models.Model):
@@ -27,9 +28,9 @@ class Organization(models.Model):
 
 class Inbox(models.Model):
     class Status(models.TextChoices):
-        ACTIVE = "active", "Active"
-        DISABLED = "disabled", "Disabled"
-        SUSPENDED = "suspended", "Suspended"
+        ACTIVE = InboxStatus.ACTIVE.value, "Active"
+        DISABLED = InboxStatus.DISABLED.value, "Disabled"
+        SUSPENDED = InboxStatus.SUSPENDED.value, "Suspended"
 
     inbox_id = models.CharField(
         max_length=36,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from agentmail_site.admin_lookups import CheckedLookupsAdmin
 from smtpgateway.models import AuthAttempt
-from smtpgateway.protocol import AUTH_MECHANISMS
+from smtpgateway.session.auth_exchange import AUTH_MECHANISMS
 
 
 class _KnownValuesFilter(admin.SimpleListFilter):
@@ -16,18 +18,17 @@ class _KnownValuesFilter(admin.SimpleListFilter):
     default for a CharField lists every distinct value in the table, found by a
     SELECT DISTINCT over all of it on every page view: slow at millions of rows,
     and for ``mechanism`` the values are whatever names clients sent, so anyone
-    could fill the sidebar with junk (at 2 million rows on PostgreSQL, 284–311 ms
-    per page view for each of the two)."""
+    could fill the sidebar with junk."""
 
     known: dict[str, str] = {}  # the query-string value -> the stored value
 
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]) -> list[tuple[str, str]]:
         return [(choice, choice) for choice in self.known] + [("other", "other")]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[AuthAttempt]) -> QuerySet[AuthAttempt]:
         choice = self.value()
         if choice in self.known:
-            return queryset.filter(**{self.parameter_name: self.known[choice]})
+            return queryset.filter(**{str(self.parameter_name): self.known[choice]})
         if choice == "other":
             return queryset.exclude(**{f"{self.parameter_name}__in": list(self.known.values())})
         return queryset
@@ -46,7 +47,7 @@ class TlsVersionFilter(_KnownValuesFilter):
 
 
 @admin.register(AuthAttempt)
-class AuthAttemptAdmin(CheckedLookupsAdmin):
+class AuthAttemptAdmin(CheckedLookupsAdmin[AuthAttempt]):
     list_display = (
         "created_at",
         "success",
@@ -64,7 +65,13 @@ class AuthAttemptAdmin(CheckedLookupsAdmin):
     )
     # No date hierarchy, for the reason given in inboxes.admin.MessageAdmin.
     list_filter = (
-        "success", "reason", ("created_at", admin.DateFieldListFilter), MechanismFilter, "encrypted", TlsVersionFilter, "organization",
+        "success",
+        "reason",
+        ("created_at", admin.DateFieldListFilter),
+        MechanismFilter,
+        "encrypted",
+        TlsVersionFilter,
+        "organization",
     )
     list_select_related = ("inbox", "organization")
     search_fields = ("username", "remote_addr", "session_id", "key_prefix")

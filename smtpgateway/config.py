@@ -8,7 +8,7 @@ from typing import Any
 
 from django.conf import settings
 
-from smtpgateway.limits import Network, RateLimit, checked_ipv6_prefix, parse_networks
+from smtpgateway.auth.limits import Network, RateLimit, checked_ipv6_prefix, parse_networks
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,8 @@ class GatewayConfig:
     max_message_size: int
     max_recipients: int
     auth_require_tls: bool
-    db_workers: int
+    # Committer threads (SMTP_DB_WORKERS): one suits SQLite, a few PostgreSQL.
+    committers: int
     backlog: int
     # TLS (port None: no implicit-TLS listener; 0: any free port)
     tls_port: int | None = None
@@ -62,7 +63,7 @@ class GatewayConfig:
             max_message_size=settings.SMTP_MAX_MESSAGE_SIZE,
             max_recipients=settings.SMTP_MAX_RECIPIENTS,
             auth_require_tls=settings.SMTP_AUTH_REQUIRE_TLS,
-            db_workers=settings.SMTP_DB_WORKERS,
+            committers=settings.SMTP_DB_WORKERS,
             backlog=settings.SMTP_LISTEN_BACKLOG,
             tls_port=settings.SMTP_TLS_PORT,
             tls_cert_file=settings.BASE_DIR / cert if cert else None,

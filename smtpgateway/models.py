@@ -5,8 +5,7 @@ from __future__ import annotations
 from django.db import models
 
 from smtpgateway.reasons import Reason
-
-USERNAME_MAX_LENGTH = 128
+from smtpgateway.storage.jobs import USERNAME_MAX_LENGTH
 
 
 class AuthAttempt(models.Model):
@@ -45,13 +44,31 @@ class AuthAttempt(models.Model):
     )
     reason = models.CharField(max_length=32, choices=Reason.choices())  # indexed below, for the admin's filter
     inbox = models.ForeignKey(
-        "inboxes.Inbox", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False, db_index=False
+        "inboxes.Inbox",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_constraint=False,
+        db_index=False,
     )
     api_key = models.ForeignKey(
-        "apikeys.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False, db_index=False
+        "apikeys.ApiKey",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_constraint=False,
+        db_index=False,
     )
     organization = models.ForeignKey(
-        "inboxes.Organization", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False, db_index=False
+        "inboxes.Organization",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_constraint=False,
+        db_index=False,
     )
 
     class Meta:
@@ -74,7 +91,9 @@ class AuthAttempt(models.Model):
             # failure that found no key has all three NULL, so these partial
             # indexes spare most failed attempts three index inserts.
             *(
-                models.Index(fields=[name], condition=models.Q(**{f"{name}__isnull": False}), name=f"authattempt_{name}")
+                models.Index(
+                    fields=[name], condition=models.Q(**{f"{name}__isnull": False}), name=f"authattempt_{name}"
+                )
                 for name in ("inbox", "api_key", "organization")
             ),
         ]

@@ -9,7 +9,7 @@ from apikeys.keys import KEY_PATTERN, visible_prefix
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Control characters, and the surrogates aiosmtpd decodes bytes that are not
 # UTF-8 to: what no header line may hold, and what PostgreSQL will not store
-# (NUL) or no driver can encode (surrogates). (Mailboxes: smtpgateway.addresses.)
+# (NUL) or no driver can encode (surrogates). (Mailboxes: smtpgateway.session.addresses.)
 CONTROL_OR_UNDECODABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
 

@@ -102,7 +102,9 @@ class CertificateStore:
         context.load_cert_chain(self.cert_file, self.key_file)
         return context
 
-    def _serve_current(self, connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, context: ssl.SSLContext) -> None:
+    def _serve_current(
+        self, connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, context: ssl.SSLContext
+    ) -> None:
         connection.context = self._serving
 
     def reload(self) -> bool:
@@ -122,7 +124,9 @@ class CertificateStore:
 KeyType = str  # "ec" (P-256, as certbot issues by default) or "rsa" (2048 bits)
 
 
-def write_self_signed(cert_file: Path, key_file: Path, hostname: str, days: int = 365, key_type: KeyType = "ec") -> CertificateSummary:
+def write_self_signed(
+    cert_file: Path, key_file: Path, hostname: str, days: int = 365, key_type: KeyType = "ec"
+) -> CertificateSummary:
     """A self-signed certificate for development, valid for ``hostname``,
     localhost and 127.0.0.1. The key file is written readable by its owner only."""
     key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -133,7 +137,7 @@ def write_self_signed(cert_file: Path, key_file: Path, hostname: str, days: int 
     else:
         raise ValueError(f"key type must be ec or rsa, not {key_type!r}")
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     alt_names: list[x509.GeneralName] = [x509.DNSName(hostname), x509.DNSName("localhost")]
     alt_names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
     certificate = (

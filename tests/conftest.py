@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from django.core.management import call_command
 
 from smtpgateway.tls import write_self_signed
-from tests.helpers import DEMO_KEYS, LiveGateway, secret_markers
+from tests.helpers import DEMO_KEYS, GatewayFactory, LiveGateway, secret_markers
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="also run long load, fuzz and timing tests")
 
 
+TIERS = ("unit", "gateway", "system")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = Path(item.path).parent.name
+        assert tier in TIERS, f"{item.nodeid}: a test lives in tests/unit, tests/gateway or tests/system"
+        item.add_marker(tier)
     if config.getoption("--run-slow"):
         return
     skip = pytest.mark.skip(reason="long run: use --run-slow")
@@ -59,9 +67,8 @@ def leak_guard(caplog: pytest.LogCaptureFixture, extra_secrets: list[str]) -> It
     markers = secret_markers(list(DEMO_KEYS) + extra_secrets)
     # In teardown, caplog.text holds only the teardown phase: read every phase.
     formatter = logging.Formatter("%(name)s %(message)s")
-    log_text = "\n".join(
-        formatter.format(record) for when in ("setup", "call") for record in caplog.get_records(when)
-    )
+    phases: tuple[Literal["setup"], Literal["call"]] = ("setup", "call")
+    log_text = "\n".join(formatter.format(record) for when in phases for record in caplog.get_records(when))
     leaked = sorted(marker for marker in markers if marker in log_text)
     assert not leaked, f"{len(leaked)} secret marker(s) found in the logs"
 
@@ -87,7 +94,7 @@ def gateway_factory(transactional_db: None, leak_guard: None, caplog: pytest.Log
     yield start
     for live in started:
         live.stop()
-    from smtpgateway.recorder import recorder
+    from smtpgateway.storage.records import recorder
 
     assert len(recorder) == 0, "the gateway stopped with AuthAttempt records unwritten"
     if started:
@@ -95,7 +102,7 @@ def gateway_factory(transactional_db: None, leak_guard: None, caplog: pytest.Log
 
 
 @pytest.fixture
-def gateway(gateway_factory: Any, scenarios: None) -> LiveGateway:
+def gateway(gateway_factory: GatewayFactory, scenarios: None) -> LiveGateway:
     """A gateway with the demo data, on a free loopback port."""
     return gateway_factory()
 
@@ -106,3 +113,9 @@ def certificate(tmp_path: Path) -> tuple[Path, Path]:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     write_self_signed(cert, key, "mail.test")
     return cert, key
+
+
+@pytest.fixture
+def client_context(certificate: tuple[Path, Path]) -> ssl.SSLContext:
+    """A client that verifies the gateway's certificate (127.0.0.1 is in its SANs)."""
+    return ssl.create_default_context(cafile=str(certificate[0]))

@@ -30,20 +30,20 @@ def write_lock() -> Iterator[None]:
     else:
         import psycopg
 
-        holder = psycopg.connect(
+        locker = psycopg.connect(
             host=settings["HOST"] or None,
             port=settings["PORT"] or None,
             user=settings["USER"] or None,
             password=settings["PASSWORD"] or None,
             dbname=settings["NAME"],
         )
-        holder.execute("BEGIN")
-        holder.execute(f"LOCK TABLE {', '.join(LOCKED_TABLES)} IN EXCLUSIVE MODE")
+        locker.execute("BEGIN")
+        locker.execute(f"LOCK TABLE {', '.join(LOCKED_TABLES)} IN EXCLUSIVE MODE")
         try:
             yield
         finally:
-            holder.rollback()
-            holder.close()
+            locker.rollback()
+            locker.close()
 
 
 def release_later(seconds: float) -> tuple[threading.Thread, threading.Event]:
@@ -125,7 +125,10 @@ def refused_attempts(username: str) -> Iterator[None]:
                 "CREATE TRIGGER test_refuse_attempt BEFORE INSERT ON smtpgateway_authattempt "
                 "FOR EACH ROW EXECUTE FUNCTION test_refuse_attempt()"
             )
-            drop = ["DROP TRIGGER test_refuse_attempt ON smtpgateway_authattempt", "DROP FUNCTION test_refuse_attempt()"]
+            drop = [
+                "DROP TRIGGER test_refuse_attempt ON smtpgateway_authattempt",
+                "DROP FUNCTION test_refuse_attempt()",
+            ]
     try:
         yield
     finally:

@@ -6,12 +6,16 @@ import asyncio
 import base64
 import smtplib
 import socket
+import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
-from smtpgateway.server import GatewayConfig, GatewayServer
+from smtpgateway.config import GatewayConfig
+from smtpgateway.runtime.server import GatewayServer
 
 # The demo's plaintext keys (the fixture holds only their digests).
 VALID_INBOX = "inb_valid1234567890"
@@ -74,7 +78,9 @@ def secret_markers(keys: tuple[str, ...] | list[str]) -> set[str]:
 class LiveGateway:
     """The real GatewayServer on its own event loop in a thread, on a free port."""
 
-    def __init__(self, loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop, **overrides: Any) -> None:
+    def __init__(
+        self, loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop, **overrides: Any
+    ) -> None:
         # Independent of the developer's .env: no TLS and plaintext AUTH unless
         # asked, and failures answered at once (the delay has tests of its own).
         pinned: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "auth_require_tls": False}
@@ -138,15 +144,19 @@ class LiveGateway:
         return Wire(self.port)
 
 
+GatewayFactory = Callable[..., "LiveGateway"]  # the gateway_factory fixture: overrides -> a started gateway
+
+
 def auth(client: smtplib.SMTP, mechanism: str, username: str, password: str) -> tuple[int, str]:
     """AUTH with smtplib's own mechanism code; returns the final reply."""
     client.user, client.password = username, password
     authobject = getattr(client, f"auth_{mechanism.lower()}")
+    text: bytes | str
     try:
         code, text = client.auth(mechanism, authobject)
     except smtplib.SMTPAuthenticationError as error:
         code, text = error.smtp_code, error.smtp_error
-    return code, f"{code} {text.decode()}"
+    return code, f"{code} {text.decode() if isinstance(text, bytes) else text}"
 
 
 class Wire:
@@ -191,7 +201,7 @@ class Wire:
     def closed_by_server(self) -> bool:
         try:
             return self.sock.recv(1) == b""
-        except (ConnectionResetError, socket.timeout):
+        except (TimeoutError, ConnectionResetError):
             return False
 
     def close(self) -> None:
@@ -231,4 +241,27 @@ def eventually(condition: Any, timeout: float = 10.0) -> None:
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def served_serial(port: int, cafile: Path) -> int:
+    context = ssl.create_default_context(cafile=str(cafile))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            from cryptography import x509
+
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            return x509.load_der_x509_certificate(der).serial_number
+
+
+def starttls_serial(port: int, cafile: Path) -> int:
+    """The serial of the certificate STARTTLS on ``port`` presents."""
+    from cryptography import x509
+
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.starttls(context=ssl.create_default_context(cafile=str(cafile)))
+        der = client.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
+        assert der is not None
+        return x509.load_der_x509_certificate(der).serial_number

@@ -6,62 +6,111 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Inbox',
+            name="Inbox",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('inbox_id', models.CharField(help_text='The SMTP username: inb_ followed by 12 to 32 letters or digits.', max_length=36, unique=True, validators=[django.core.validators.RegexValidator('inb_[a-zA-Z0-9]{12,32}\\Z')])),
-                ('email', models.EmailField(help_text='The only envelope sender (MAIL FROM) this inbox may use.', max_length=254, unique=True)),
-                ('display_name', models.CharField(blank=True, max_length=200)),
-                ('status', models.CharField(choices=[('active', 'Active'), ('disabled', 'Disabled'), ('suspended', 'Suspended')], db_index=True, default='active', help_text='Only active inboxes can authenticate.', max_length=16)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "inbox_id",
+                    models.CharField(
+                        help_text="The SMTP username: inb_ followed by 12 to 32 letters or digits.",
+                        max_length=36,
+                        unique=True,
+                        validators=[django.core.validators.RegexValidator("inb_[a-zA-Z0-9]{12,32}\\Z")],
+                    ),
+                ),
+                (
+                    "email",
+                    models.EmailField(
+                        help_text="The only envelope sender (MAIL FROM) this inbox may use.",
+                        max_length=254,
+                        unique=True,
+                    ),
+                ),
+                ("display_name", models.CharField(blank=True, max_length=200)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("active", "Active"), ("disabled", "Disabled"), ("suspended", "Suspended")],
+                        db_index=True,
+                        default="active",
+                        help_text="Only active inboxes can authenticate.",
+                        max_length=16,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'verbose_name_plural': 'inboxes',
-                'ordering': ['inbox_id'],
+                "verbose_name_plural": "inboxes",
+                "ordering": ["inbox_id"],
             },
         ),
         migrations.CreateModel(
-            name='Organization',
+            name="Organization",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', models.CharField(help_text='Public identifier such as org_abc.', max_length=64, unique=True, validators=[django.core.validators.RegexValidator('org_[a-zA-Z0-9_]{1,60}\\Z')])),
-                ('name', models.CharField(max_length=200)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "public_id",
+                    models.CharField(
+                        help_text="Public identifier such as org_abc.",
+                        max_length=64,
+                        unique=True,
+                        validators=[django.core.validators.RegexValidator("org_[a-zA-Z0-9_]{1,60}\\Z")],
+                    ),
+                ),
+                ("name", models.CharField(max_length=200)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['public_id'],
+                "ordering": ["public_id"],
             },
         ),
         migrations.CreateModel(
-            name='Message',
+            name="Message",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('queue_id', models.CharField(help_text='Given to the client in the 250 reply.', max_length=32, unique=True)),
-                ('envelope_from', models.CharField(max_length=320)),
-                ('envelope_to', models.JSONField(help_text='Envelope recipients (RCPT TO), in order.')),
-                ('size', models.PositiveIntegerField(help_text='Bytes of the message as the client sent it.')),
-                ('message_id', models.CharField(blank=True, help_text='The Message-ID header, if any.', max_length=998)),
-                ('subject', models.CharField(blank=True, max_length=998)),
-                ('raw', models.BinaryField(help_text="The gateway's Received: header followed by the bytes as received.")),
-                ('status', models.CharField(choices=[('queued', 'Queued')], db_index=True, default='queued', max_length=16)),
-                ('created_at', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('inbox', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='messages', to='inboxes.inbox')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "queue_id",
+                    models.CharField(help_text="Given to the client in the 250 reply.", max_length=32, unique=True),
+                ),
+                ("envelope_from", models.CharField(max_length=320)),
+                ("envelope_to", models.JSONField(help_text="Envelope recipients (RCPT TO), in order.")),
+                ("size", models.PositiveIntegerField(help_text="Bytes of the message as the client sent it.")),
+                (
+                    "message_id",
+                    models.CharField(blank=True, help_text="The Message-ID header, if any.", max_length=998),
+                ),
+                ("subject", models.CharField(blank=True, max_length=998)),
+                (
+                    "raw",
+                    models.BinaryField(help_text="The gateway's Received: header followed by the bytes as received."),
+                ),
+                (
+                    "status",
+                    models.CharField(choices=[("queued", "Queued")], db_index=True, default="queued", max_length=16),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True, db_index=True)),
+                (
+                    "inbox",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="messages", to="inboxes.inbox"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.AddField(
-            model_name='inbox',
-            name='organization',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='inboxes', to='inboxes.organization'),
+            model_name="inbox",
+            name="organization",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT, related_name="inboxes", to="inboxes.organization"
+            ),
         ),
     ]

@@ -1,7 +1,7 @@
 """On SQLite, make ``raw`` the last column of the message table.
 
 The gateway writes a large message into a ``zeroblob`` placeholder with
-incremental blob I/O (``smtpgateway.store``). SQLite builds the zeros in memory
+incremental blob I/O (``smtpgateway.storage.message_inserts``). SQLite builds the zeros in memory
 unless the blob is the record's last column, so with ``raw`` in the middle a
 10 MiB message cost 20 MiB more at its peak. Django has no operation to reorder
 columns; its SQLite schema editor rebuilds a table (copying every row) with an

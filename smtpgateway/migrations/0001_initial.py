@@ -5,36 +5,105 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('apikeys', '0001_initial'),
-        ('inboxes', '0001_initial'),
+        ("apikeys", "0001_initial"),
+        ("inboxes", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='AuthAttempt',
+            name="AuthAttempt",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(db_index=True)),
-                ('remote_addr', models.GenericIPAddressField(blank=True, db_index=True, null=True)),
-                ('remote_port', models.PositiveIntegerField(blank=True, null=True)),
-                ('session_id', models.CharField(db_index=True, help_text="Also in the gateway's log lines.", max_length=32)),
-                ('mechanism', models.CharField(blank=True, db_index=True, max_length=32)),
-                ('username', models.CharField(blank=True, help_text='As presented, made printable and truncated. A username shaped like an API key is withheld.', max_length=128)),
-                ('key_prefix', models.CharField(blank=True, help_text='Only when the key had a valid format.', max_length=16)),
-                ('success', models.BooleanField(db_index=True)),
-                ('reason', models.CharField(choices=[('OK', 'OK'), ('INVALID_INBOX_FORMAT', 'INVALID_INBOX_FORMAT'), ('INVALID_API_KEY_FORMAT', 'INVALID_API_KEY_FORMAT'), ('API_KEY_NOT_FOUND', 'API_KEY_NOT_FOUND'), ('API_KEY_REVOKED', 'API_KEY_REVOKED'), ('API_KEY_EXPIRED', 'API_KEY_EXPIRED'), ('INSUFFICIENT_PERMISSIONS', 'INSUFFICIENT_PERMISSIONS'), ('INBOX_NOT_FOUND', 'INBOX_NOT_FOUND'), ('INBOX_DISABLED', 'INBOX_DISABLED'), ('INBOX_SUSPENDED', 'INBOX_SUSPENDED'), ('ORGANIZATION_MISMATCH', 'ORGANIZATION_MISMATCH'), ('MALFORMED', 'MALFORMED'), ('ABORTED', 'ABORTED'), ('UNSUPPORTED_MECHANISM', 'UNSUPPORTED_MECHANISM'), ('ENCRYPTION_REQUIRED', 'ENCRYPTION_REQUIRED'), ('RATE_LIMITED', 'RATE_LIMITED'), ('TEMPORARY_FAILURE', 'TEMPORARY_FAILURE')], db_index=True, max_length=32)),
-                ('api_key', models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='apikeys.apikey')),
-                ('inbox', models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='inboxes.inbox')),
-                ('organization', models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='inboxes.organization')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("created_at", models.DateTimeField(db_index=True)),
+                ("remote_addr", models.GenericIPAddressField(blank=True, db_index=True, null=True)),
+                ("remote_port", models.PositiveIntegerField(blank=True, null=True)),
+                (
+                    "session_id",
+                    models.CharField(db_index=True, help_text="Also in the gateway's log lines.", max_length=32),
+                ),
+                ("mechanism", models.CharField(blank=True, db_index=True, max_length=32)),
+                (
+                    "username",
+                    models.CharField(
+                        blank=True,
+                        help_text="As presented, made printable and truncated. A username shaped like an API key is withheld.",
+                        max_length=128,
+                    ),
+                ),
+                (
+                    "key_prefix",
+                    models.CharField(blank=True, help_text="Only when the key had a valid format.", max_length=16),
+                ),
+                ("success", models.BooleanField(db_index=True)),
+                (
+                    "reason",
+                    models.CharField(
+                        choices=[
+                            ("OK", "OK"),
+                            ("INVALID_INBOX_FORMAT", "INVALID_INBOX_FORMAT"),
+                            ("INVALID_API_KEY_FORMAT", "INVALID_API_KEY_FORMAT"),
+                            ("API_KEY_NOT_FOUND", "API_KEY_NOT_FOUND"),
+                            ("API_KEY_REVOKED", "API_KEY_REVOKED"),
+                            ("API_KEY_EXPIRED", "API_KEY_EXPIRED"),
+                            ("INSUFFICIENT_PERMISSIONS", "INSUFFICIENT_PERMISSIONS"),
+                            ("INBOX_NOT_FOUND", "INBOX_NOT_FOUND"),
+                            ("INBOX_DISABLED", "INBOX_DISABLED"),
+                            ("INBOX_SUSPENDED", "INBOX_SUSPENDED"),
+                            ("ORGANIZATION_MISMATCH", "ORGANIZATION_MISMATCH"),
+                            ("MALFORMED", "MALFORMED"),
+                            ("ABORTED", "ABORTED"),
+                            ("UNSUPPORTED_MECHANISM", "UNSUPPORTED_MECHANISM"),
+                            ("ENCRYPTION_REQUIRED", "ENCRYPTION_REQUIRED"),
+                            ("RATE_LIMITED", "RATE_LIMITED"),
+                            ("TEMPORARY_FAILURE", "TEMPORARY_FAILURE"),
+                        ],
+                        db_index=True,
+                        max_length=32,
+                    ),
+                ),
+                (
+                    "api_key",
+                    models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="apikeys.apikey",
+                    ),
+                ),
+                (
+                    "inbox",
+                    models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="inboxes.inbox",
+                    ),
+                ),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="inboxes.organization",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'AUTH attempt',
-                'ordering': ['-created_at', '-id'],
-                'indexes': [models.Index(fields=['remote_addr', 'success', 'created_at'], name='authattempt_addr_time')],
+                "verbose_name": "AUTH attempt",
+                "ordering": ["-created_at", "-id"],
+                "indexes": [
+                    models.Index(fields=["remote_addr", "success", "created_at"], name="authattempt_addr_time")
+                ],
             },
         ),
     ]

@@ -4,25 +4,24 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('smtpgateway', '0001_initial'),
+        ("smtpgateway", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='authattempt',
-            name='encrypted',
-            field=models.BooleanField(db_index=True, default=False, help_text='Whether the session was under TLS.'),
+            model_name="authattempt",
+            name="encrypted",
+            field=models.BooleanField(db_index=True, default=False, help_text="Whether the session was under TLS."),
         ),
         migrations.AddField(
-            model_name='authattempt',
-            name='tls_cipher',
+            model_name="authattempt",
+            name="tls_cipher",
             field=models.CharField(blank=True, max_length=64),
         ),
         migrations.AddField(
-            model_name='authattempt',
-            name='tls_version',
+            model_name="authattempt",
+            name="tls_version",
             field=models.CharField(blank=True, max_length=16),
         ),
     ]

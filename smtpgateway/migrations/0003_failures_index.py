@@ -4,20 +4,23 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('apikeys', '0001_initial'),
-        ('inboxes', '0001_initial'),
-        ('smtpgateway', '0002_tls_details'),
+        ("apikeys", "0001_initial"),
+        ("inboxes", "0001_initial"),
+        ("smtpgateway", "0002_tls_details"),
     ]
 
     operations = [
         migrations.RemoveIndex(
-            model_name='authattempt',
-            name='authattempt_addr_time',
+            model_name="authattempt",
+            name="authattempt_addr_time",
         ),
         migrations.AddIndex(
-            model_name='authattempt',
-            index=models.Index(condition=models.Q(('success', False)), fields=['remote_addr', 'created_at'], name='authattempt_failures_by_addr'),
+            model_name="authattempt",
+            index=models.Index(
+                condition=models.Q(("success", False)),
+                fields=["remote_addr", "created_at"],
+                name="authattempt_failures_by_addr",
+            ),
         ),
     ]

@@ -24,26 +24,31 @@ def mark_counted_failures(apps, schema_editor):  # type: ignore[no-untyped-def]
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('apikeys', '0001_initial'),
-        ('inboxes', '0001_initial'),
-        ('smtpgateway', '0003_failures_index'),
+        ("apikeys", "0001_initial"),
+        ("inboxes", "0001_initial"),
+        ("smtpgateway", "0003_failures_index"),
     ]
 
     operations = [
         migrations.RemoveIndex(
-            model_name='authattempt',
-            name='authattempt_failures_by_addr',
+            model_name="authattempt",
+            name="authattempt_failures_by_addr",
         ),
         migrations.AddField(
-            model_name='authattempt',
-            name='credential_failure',
-            field=models.BooleanField(default=False, help_text='A failed credential check: what the per-address AUTH rate limit counts.'),
+            model_name="authattempt",
+            name="credential_failure",
+            field=models.BooleanField(
+                default=False, help_text="A failed credential check: what the per-address AUTH rate limit counts."
+            ),
         ),
         migrations.AddIndex(
-            model_name='authattempt',
-            index=models.Index(condition=models.Q(('credential_failure', True)), fields=['remote_addr', 'created_at'], name='authattempt_counted_failures'),
+            model_name="authattempt",
+            index=models.Index(
+                condition=models.Q(("credential_failure", True)),
+                fields=["remote_addr", "created_at"],
+                name="authattempt_counted_failures",
+            ),
         ),
         migrations.RunPython(mark_counted_failures, migrations.RunPython.noop),
     ]

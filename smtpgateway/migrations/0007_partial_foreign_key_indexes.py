@@ -6,11 +6,10 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('apikeys', '0001_initial'),
-        ('inboxes', '0002_message_raw_last_column'),
-        ('smtpgateway', '0006_read_indexes_only'),
+        ("apikeys", "0001_initial"),
+        ("inboxes", "0002_message_raw_last_column"),
+        ("smtpgateway", "0006_read_indexes_only"),
     ]
 
     operations = [
@@ -19,19 +18,43 @@ class Migration(migrations.Migration):
         migrations.SeparateDatabaseAndState(
             state_operations=[
                 migrations.AlterField(
-                    model_name='authattempt',
-                    name='api_key',
-                    field=models.ForeignKey(blank=True, db_constraint=False, db_index=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='apikeys.apikey'),
+                    model_name="authattempt",
+                    name="api_key",
+                    field=models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        db_index=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="apikeys.apikey",
+                    ),
                 ),
                 migrations.AlterField(
-                    model_name='authattempt',
-                    name='inbox',
-                    field=models.ForeignKey(blank=True, db_constraint=False, db_index=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='inboxes.inbox'),
+                    model_name="authattempt",
+                    name="inbox",
+                    field=models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        db_index=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="inboxes.inbox",
+                    ),
                 ),
                 migrations.AlterField(
-                    model_name='authattempt',
-                    name='organization',
-                    field=models.ForeignKey(blank=True, db_constraint=False, db_index=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='inboxes.organization'),
+                    model_name="authattempt",
+                    name="organization",
+                    field=models.ForeignKey(
+                        blank=True,
+                        db_constraint=False,
+                        db_index=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="inboxes.organization",
+                    ),
                 ),
             ],
             database_operations=[
@@ -50,15 +73,23 @@ class Migration(migrations.Migration):
             ],
         ),
         migrations.AddIndex(
-            model_name='authattempt',
-            index=models.Index(condition=models.Q(('inbox__isnull', False)), fields=['inbox'], name='authattempt_inbox'),
+            model_name="authattempt",
+            index=models.Index(
+                condition=models.Q(("inbox__isnull", False)), fields=["inbox"], name="authattempt_inbox"
+            ),
         ),
         migrations.AddIndex(
-            model_name='authattempt',
-            index=models.Index(condition=models.Q(('api_key__isnull', False)), fields=['api_key'], name='authattempt_api_key'),
+            model_name="authattempt",
+            index=models.Index(
+                condition=models.Q(("api_key__isnull", False)), fields=["api_key"], name="authattempt_api_key"
+            ),
         ),
         migrations.AddIndex(
-            model_name='authattempt',
-            index=models.Index(condition=models.Q(('organization__isnull', False)), fields=['organization'], name='authattempt_organization'),
+            model_name="authattempt",
+            index=models.Index(
+                condition=models.Q(("organization__isnull", False)),
+                fields=["organization"],
+                name="authattempt_organization",
+            ),
         ),
     ]

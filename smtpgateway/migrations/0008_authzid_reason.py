@@ -4,15 +4,36 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('smtpgateway', '0007_partial_foreign_key_indexes'),
+        ("smtpgateway", "0007_partial_foreign_key_indexes"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='authattempt',
-            name='reason',
-            field=models.CharField(choices=[('OK', 'OK'), ('INVALID_INBOX_FORMAT', 'INVALID_INBOX_FORMAT'), ('INVALID_API_KEY_FORMAT', 'INVALID_API_KEY_FORMAT'), ('API_KEY_NOT_FOUND', 'API_KEY_NOT_FOUND'), ('API_KEY_REVOKED', 'API_KEY_REVOKED'), ('API_KEY_EXPIRED', 'API_KEY_EXPIRED'), ('INSUFFICIENT_PERMISSIONS', 'INSUFFICIENT_PERMISSIONS'), ('INBOX_NOT_FOUND', 'INBOX_NOT_FOUND'), ('INBOX_DISABLED', 'INBOX_DISABLED'), ('INBOX_SUSPENDED', 'INBOX_SUSPENDED'), ('ORGANIZATION_MISMATCH', 'ORGANIZATION_MISMATCH'), ('MALFORMED', 'MALFORMED'), ('AUTHZID_MISMATCH', 'AUTHZID_MISMATCH'), ('ABORTED', 'ABORTED'), ('UNSUPPORTED_MECHANISM', 'UNSUPPORTED_MECHANISM'), ('ENCRYPTION_REQUIRED', 'ENCRYPTION_REQUIRED'), ('RATE_LIMITED', 'RATE_LIMITED'), ('TEMPORARY_FAILURE', 'TEMPORARY_FAILURE')], max_length=32),
+            model_name="authattempt",
+            name="reason",
+            field=models.CharField(
+                choices=[
+                    ("OK", "OK"),
+                    ("INVALID_INBOX_FORMAT", "INVALID_INBOX_FORMAT"),
+                    ("INVALID_API_KEY_FORMAT", "INVALID_API_KEY_FORMAT"),
+                    ("API_KEY_NOT_FOUND", "API_KEY_NOT_FOUND"),
+                    ("API_KEY_REVOKED", "API_KEY_REVOKED"),
+                    ("API_KEY_EXPIRED", "API_KEY_EXPIRED"),
+                    ("INSUFFICIENT_PERMISSIONS", "INSUFFICIENT_PERMISSIONS"),
+                    ("INBOX_NOT_FOUND", "INBOX_NOT_FOUND"),
+                    ("INBOX_DISABLED", "INBOX_DISABLED"),
+                    ("INBOX_SUSPENDED", "INBOX_SUSPENDED"),
+                    ("ORGANIZATION_MISMATCH", "ORGANIZATION_MISMATCH"),
+                    ("MALFORMED", "MALFORMED"),
+                    ("AUTHZID_MISMATCH", "AUTHZID_MISMATCH"),
+                    ("ABORTED", "ABORTED"),
+                    ("UNSUPPORTED_MECHANISM", "UNSUPPORTED_MECHANISM"),
+                    ("ENCRYPTION_REQUIRED", "ENCRYPTION_REQUIRED"),
+                    ("RATE_LIMITED", "RATE_LIMITED"),
+                    ("TEMPORARY_FAILURE", "TEMPORARY_FAILURE"),
+                ],
+                max_length=32,
+            ),
         ),
     ]

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 
 def _network(address: str) -> str:
-    """As smtpgateway.limits.classify_client counts a client (copied: a migration must not
+    """As smtpgateway.auth.limits.classify_client counts a client (copied: a migration must not
     change when that module does)."""
     if ":" not in address:
         return address

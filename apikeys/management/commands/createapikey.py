@@ -39,10 +39,15 @@ class Command(BaseCommand):
         expires_at = timezone.now() + timedelta(days=days) if days else None
         try:
             api_key, plaintext = ApiKey.objects.create_key(
-                organization=organization, name=options["name"], scopes=options["scopes"] or [SMTP_SEND], expires_at=expires_at
+                organization=organization,
+                name=options["name"],
+                scopes=options["scopes"] or [SMTP_SEND],
+                expires_at=expires_at,
             )
         except ValidationError as error:
             raise CommandError(" ".join(error.messages)) from None
-        self.stderr.write(f"Created key {api_key.prefix}… for {organization.public_id} with scopes {', '.join(api_key.scopes)}.")
+        self.stderr.write(
+            f"Created key {api_key.prefix}… for {organization.public_id} with scopes {', '.join(api_key.scopes)}."
+        )
         self.stderr.write("This is the only time the key is shown; store it now:")
         self.stdout.write(plaintext)

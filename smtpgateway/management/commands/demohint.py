@@ -15,6 +15,5 @@ class Command(BaseCommand):
         self.stdout.write("Admin web UI: http://127.0.0.1:8000/admin/")
         if not get_user_model().objects.filter(is_superuser=True).exists():
             self.stdout.write(
-                "No admin login exists yet. In another terminal run:\n"
-                "    .venv/bin/python manage.py createsuperuser"
+                "No admin login exists yet. In another terminal run:\n    .venv/bin/python manage.py createsuperuser"
             )

@@ -9,8 +9,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from smtpgateway.limits import RateLimit
-from smtpgateway.retention import DEFAULT_BATCH_SIZE, cutoff, prune_attempts
+from smtpgateway.auth.limits import RateLimit
+from smtpgateway.storage.retention import DEFAULT_BATCH_SIZE, cutoff, prune_attempts
 
 
 class Command(BaseCommand):
@@ -18,7 +18,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--days", type=float, default=90, help="Keep this many days of records (default 90).")
-        parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="Rows per transaction (default %(default)s).")
+        parser.add_argument(
+            "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="Rows per transaction (default %(default)s)."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["batch_size"] < 1:

@@ -9,15 +9,18 @@ import logging
 import math
 import resource
 import ssl
+from collections.abc import Coroutine
 from dataclasses import replace
-from typing import Any, Coroutine
+from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from smtpgateway import glibc
-from smtpgateway.supervisor import run_workers
-from smtpgateway.server import AUTH_MECHANISMS, CannotListen, GatewayConfig, GatewayServer, serve_until_signalled
+from smtpgateway.config import GatewayConfig
+from smtpgateway.runtime import glibc
+from smtpgateway.runtime.server import CannotListen, GatewayServer, serve_until_signalled
+from smtpgateway.runtime.supervisor import run_workers
+from smtpgateway.session.auth_exchange import AUTH_MECHANISMS
 
 
 def describe_database() -> str:
@@ -34,7 +37,7 @@ def describe_database() -> str:
 def return_large_buffers_to_the_system() -> None:
     """Fix glibc's mmap threshold (128 KiB) so that message-sized buffers are always
     mmap'ed and go back to the system when freed. By default the threshold rises to
-    the largest block ever freed, after which 10 MiB messages are served from the
+    the largest block ever freed, after which large messages are served from the
     heap and a long-running server keeps their memory for good."""
     mallopt = glibc.function("mallopt")
     if mallopt is not None:  # without glibc: nothing to tune
@@ -54,15 +57,17 @@ def raise_open_files_limit(max_connections: int) -> tuple[float, str | None]:
     (``inf``: none) and, if it is still too low, a warning. A soft limit of 1024 is
     common (shells, many service managers) and is below 1000 sessions plus the
     gateway's own files; past it, accept() fails, and new clients wait in the
-    kernel's queue without a greeting while nothing is logged (measured: 237 of
-    400 clients greeted under a limit of 256). 0 connections means no connection
-    limit: up to the hard limit."""
+    kernel's queue without a greeting while nothing is logged
+    (``test_commands.py::test_runsmtp_raises_a_low_soft_limit_on_open_files``).
+    0 connections means no connection limit: up to the hard limit."""
     limits = resource.getrlimit(resource.RLIMIT_NOFILE)
     soft, hard = (math.inf if value == resource.RLIM_INFINITY else value for value in limits)  # RLIM_INFINITY is -1
     needed = max_connections + FILES_BESIDES_SESSIONS if max_connections else math.inf
     wanted = min(needed, hard)
     if wanted > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (resource.RLIM_INFINITY if wanted == math.inf else wanted, limits[1]))
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE, (resource.RLIM_INFINITY if wanted == math.inf else int(wanted), limits[1])
+        )
         soft = wanted
     if max_connections and soft < needed:  # no connection limit: whatever the hard limit allows
         return soft, (
@@ -133,12 +138,19 @@ class Command(BaseCommand):
         if options["workers"] < 1:
             raise CommandError("--workers must be at least 1.")
         if options["workers"] > 1:
-            passed = [f"--{name.replace('_', '-')}={options[name]}" for name in ("host", "port", "tls_port") if options[name] is not None]
+            passed = [
+                f"--{name.replace('_', '-')}={options[name]}"
+                for name in ("host", "port", "tls_port")
+                if options[name] is not None
+            ]
             passed += ["--proxy-protocol"] if options["proxy_protocol"] else []
             raise SystemExit(run_workers(options["workers"], passed))
         try:
             config = GatewayConfig.from_settings(
-                host=options["host"], port=options["port"], proxy_protocol=options["proxy_protocol"], reuse_port=options["reuse_port"] or None
+                host=options["host"],
+                port=options["port"],
+                proxy_protocol=options["proxy_protocol"],
+                reuse_port=options["reuse_port"] or None,
             )
         except ValueError as error:  # a setting out of its range, said as such
             raise CommandError(str(error)) from error
@@ -151,16 +163,18 @@ class Command(BaseCommand):
         except (ValueError, ssl.SSLError) as error:
             raise CommandError(f"TLS is misconfigured: {error}") from error
         except FileNotFoundError as error:
-            raise CommandError(f"TLS certificate or key not found: {error.filename} (make one with manage.py gencert).") from error
+            raise CommandError(
+                f"TLS certificate or key not found: {error.filename} (make one with manage.py gencert)."
+            ) from error
         except CannotListen as failure:
-            error = failure.error
+            cause = failure.error
             reason = {
                 errno.EADDRINUSE: "that port is already in use",
                 errno.EACCES: "permission denied (ports below 1024 need privileges)",
                 errno.EADDRNOTAVAIL: "that address is not on this machine",
-            }.get(error.errno or 0, error.strerror or str(error))
+            }.get(cause.errno or 0, cause.strerror or str(cause))
             raise CommandError(f"Cannot listen on {failure.listener}: {reason}.") from failure
-        # Log lines are written by a thread of their own (smtpgateway.logwriter):
+        # Log lines are written by a thread of their own (smtpgateway.runtime.logwriter):
         # let the last ones out before the final word.
         for handler in logging.getLogger().handlers:
             handler.flush()
@@ -171,20 +185,26 @@ class Command(BaseCommand):
             return
         config = server.config
         certificates = server.certificates
-        lines = [f"agentmail-smtp listening on {config.host}:{server.port} ({'STARTTLS' if certificates else 'plaintext only'})"]
+        lines = [
+            f"agentmail-smtp listening on {config.host}:{server.port} ({'STARTTLS' if certificates else 'plaintext only'})"
+        ]
         if server.tls_port:
             lines.append(f"                          {config.host}:{server.tls_port} (implicit TLS)")
         lines.append(f"  hostname:  {config.hostname}")
         if config.reuse_port:
             lines.append("  workers:   several processes share this port (SO_REUSEPORT); limits are per process")
         if config.proxy_protocol:
-            lines.append("  PROXY:     every connection must start with a PROXY v1/v2 header (only the balancer may connect)")
+            lines.append(
+                "  PROXY:     every connection must start with a PROXY v1/v2 header (only the balancer may connect)"
+            )
         if config.auth_require_tls:
             lines.append(f"  AUTH:      {' '.join(AUTH_MECHANISMS)}, only over TLS")
             if certificates is None:
                 lines.append("  WARNING:   AUTH requires TLS but no certificate is configured: no client can log in")
         else:
-            lines.append(f"  AUTH:      {' '.join(AUTH_MECHANISMS)}, plaintext allowed (SMTP_AUTH_REQUIRE_TLS is off: demo only)")
+            lines.append(
+                f"  AUTH:      {' '.join(AUTH_MECHANISMS)}, plaintext allowed (SMTP_AUTH_REQUIRE_TLS is off: demo only)"
+            )
         if certificates:
             lines.append(f"  TLS:       {certificates.summary}; TLS {config.tls_min_version}+; SIGHUP reloads it")
         else:

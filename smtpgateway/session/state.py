@@ -1,0 +1,71 @@
+"""A session's state: who it authenticated as, its per-connection and
+per-message values (aiosmtpd's ``Session`` and ``Envelope``, extended)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+
+from aiosmtpd.smtp import Envelope, Session
+
+from smtpgateway.auth.limits import Client
+from smtpgateway.tls import TlsInfo
+
+UNKNOWN_CLIENT = Client(None, None, exempt=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a session authenticated as."""
+
+    inbox_pk: int
+    inbox_id: str
+    email: str
+    organization_id: int
+    api_key_id: int
+
+
+class GatewayEnvelope(Envelope):
+    def __init__(self) -> None:
+        super().__init__()
+        # The recipients so far, domain in lower case: to keep each mailbox once.
+        self.mailboxes: set[str] = set()
+
+
+class GatewaySession(Session):
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.session_id: str = secrets.token_hex(6)
+        self.identity: Identity | None = None
+        self.tls: TlsInfo | None = None
+        self.auth_failures = 0
+        # The client as the limits see it (exempt or not, the network counted),
+        # set once its address is known, before the first command.
+        self.client = UNKNOWN_CLIENT
+
+    @property
+    def remote_addr(self) -> str | None:
+        """The client's address (after a PROXY header, the real client's), as
+        :func:`client_address` made it when the connection or header came in."""
+        return self.peer[0] if isinstance(self.peer, tuple) else None
+
+
+def client_address(address: object) -> str | None:
+    """An address as the gateway records, counts and limits it: the IP address's
+    text without an IPv6 zone, or None if it is not an IP address.
+
+    A link-local client's socket address carries a zone ("fe80::7%eth0"), naming
+    an interface of this host rather than anything about the client; PostgreSQL's
+    inet refuses it, and one such record would fail its whole batch. A PROXY v2
+    header for a client on a UNIX socket gives a path (bytes), not an address."""
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        address = str(address)
+    if not isinstance(address, str):
+        return None
+    return address.partition("%")[0]
+
+
+class ClientGone(Exception):
+    """The client closed its side; the session ends quietly."""

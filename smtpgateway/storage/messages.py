@@ -1,0 +1,120 @@
+"""Accepting a message: the trace header, the parsed summary, the row to store.
+
+:func:`message_row` builds the row; ``smtpgateway.storage.commits`` stores it (with
+``smtpgateway.storage.message_inserts``) in a transaction that has committed before the server
+answers ``250``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from email.headerregistry import BaseHeader, HeaderRegistry, UnstructuredHeader
+from email.parser import BytesHeaderParser
+from email.policy import default as default_policy
+from email.utils import format_datetime
+
+from django.utils import timezone
+
+from inboxes.models import Message
+from smtpgateway.safetext import CONTROL_OR_UNDECODABLE
+from smtpgateway.storage.jobs import Submission
+from smtpgateway.storage.message_inserts import NewMessage
+
+_HEADER_LIMIT = 998  # RFC 5322 line length; longer values are cut for display
+
+
+class _HeaderClasses(HeaderRegistry):
+    """The stdlib's header registry, with each header class made once.
+
+    ``HeaderRegistry`` builds a new class on every lookup, so every header read
+    cost a class creation, and left a reference cycle (a class and its MRO) for the
+    garbage collector. Made per kind of header (about 20), not per name, so that a client
+    inventing header names cannot grow this."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[type, type[BaseHeader]] = {}
+        # Shown, not interpreted: read as plain text. The stdlib's msg-id parser
+        # takes quadratic time on crafted values: a long run of backslashes in
+        # one Message-ID held the committer (and the GIL) for minutes.
+        self.map_to_type("message-id", UnstructuredHeader)  # type: ignore[arg-type]  # typeshed: a BaseHeader subclass; the registry takes any
+
+    def __call__(self, name: str, value: str) -> BaseHeader:
+        # Only the first _HEADER_LIMIT characters are kept, so no more is parsed
+        # (room for encoded words, which decode shorter): a crafted Subject of
+        # encoded words took seconds to parse whole.
+        return super().__call__(name, value[: 2 * _HEADER_LIMIT])
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        kind = self.registry.get(name.lower(), self.default_class)
+        made = self._made.get(kind)
+        if made is None:  # two threads racing here each make a correct class
+            made = self._made[kind] = type("_" + kind.__name__, (kind, self.base_class), {})
+        return made
+
+
+_header_parser = BytesHeaderParser(policy=default_policy.clone(header_factory=_HeaderClasses()))
+
+
+def new_queue_id() -> str:
+    return secrets.token_hex(8).upper()
+
+
+def received_header(submission: Submission, queue_id: str) -> bytes:
+    """The trace header RFC 5321 section 4.4 asks a receiving server to prepend."""
+    # The client's HELO name: a line break would start a header of its own.
+    helo = CONTROL_OR_UNDECODABLE.sub("?", submission.helo_name)[:255]
+    lines = [
+        f"Received: from {helo} ([{submission.remote_addr or 'unknown'}])",
+        f"\tby {submission.hostname} (agentmail-smtp) with {submission.protocol} id {queue_id}",
+    ]
+    if submission.tls_note:
+        lines.append(f"\t{submission.tls_note}")
+    # Name the recipient only when there is one, as Postfix does: listing all
+    # would disclose Bcc recipients to each other.
+    target = f"for <{submission.rcpt_tos[0]}>" if len(submission.rcpt_tos) == 1 else ""
+    lines.append(f"\t{target}; {format_datetime(timezone.now())}")
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8", errors="surrogateescape")
+
+
+_HEADER_BLOCK_LIMIT = 256 * 1024
+
+
+def summarize(content: bytes | bytearray) -> tuple[str, str]:
+    """Message-ID and Subject, parsed with the stdlib; unparsable headers give ''.
+    Only the header block is parsed (the parser would otherwise decode the whole
+    message into a string: tens of megabytes for a large one)."""
+    end = content.find(b"\r\n\r\n", 0, _HEADER_BLOCK_LIMIT)
+    header_block = content[: end + 4] if end >= 0 else content[:_HEADER_BLOCK_LIMIT]
+    try:
+        headers = _header_parser.parsebytes(header_block)
+        message_id = str(headers.get("Message-ID", "") or "").strip()
+        subject = str(headers.get("Subject", "") or "").strip()
+    except Exception:  # a malformed header must not lose an otherwise fine message
+        return "", ""
+    return _storable(message_id[:_HEADER_LIMIT]), _storable(subject[:_HEADER_LIMIT])
+
+
+def _storable(text: str) -> str:
+    """A header value as a text column can hold it: PostgreSQL refuses NUL (sent
+    as is or RFC 2047-encoded), and retrying would never help. Shown as U+FFFD,
+    like undecodable bytes; ``raw`` keeps the bytes as sent."""
+    return text.replace("\x00", "\ufffd")
+
+
+def message_row(submission: Submission) -> NewMessage:
+    """The Message to store for ``submission`` (not saved; its queue_id is new).
+    ``raw`` is written by ``smtpgateway.storage.message_inserts``, from the header and the body as
+    they are, so that a large body is not copied to be joined."""
+    queue_id = new_queue_id()
+    message_id, subject = summarize(submission.content)
+    row = Message(
+        queue_id=queue_id,
+        inbox_id=submission.inbox_pk,
+        envelope_from=submission.mail_from,
+        envelope_to=list(submission.rcpt_tos),
+        size=len(submission.content),
+        message_id=message_id,
+        subject=subject,
+    )
+    return NewMessage(row, received_header(submission, queue_id), submission.content)

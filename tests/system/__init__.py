@@ -1,0 +1,1 @@
+"""Real processes: `runsmtp` subprocesses, HAProxy, swaks and openssl."""

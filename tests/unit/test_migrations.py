@@ -1,0 +1,63 @@
+"""Migrations that move data, run forwards on the real database."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+from django.utils import timezone
+
+from smtpgateway.models import AuthAttempt
+
+BEFORE, AFTER = ("smtpgateway", "0008_authzid_reason"), ("smtpgateway", "0009_client_network")
+
+
+def migrate_to(target: tuple[str, str]) -> MigrationExecutor:
+    executor = MigrationExecutor(connection)
+    executor.migrate([target])
+    return executor
+
+
+@pytest.mark.django_db(transaction=True)
+def test_client_network_is_filled_for_the_current_window(settings: object) -> None:
+    """An address locked out before the upgrade stays locked out after it:
+    migration 0009 fills client_network for the counted failures of the current
+    rate-limit window. Older rows and other outcomes are not read again."""
+    settings.SMTP_AUTH_RATE_LIMIT = "10/600"  # type: ignore[attr-defined]
+    try:
+        executor = migrate_to(BEFORE)
+        Old = executor.loader.project_state(BEFORE).apps.get_model("smtpgateway", "AuthAttempt")
+        now = timezone.now()
+        rows = [
+            ("192.0.2.1", now - timedelta(seconds=30), True),
+            ("2001:db8:1:2::a", now - timedelta(seconds=30), True),
+            ("::ffff:192.0.2.9", now - timedelta(seconds=30), True),
+            ("192.0.2.2", now - timedelta(hours=2), True),  # outside the window
+            ("192.0.2.3", now - timedelta(seconds=30), False),  # not a counted failure
+        ]
+        Old.objects.bulk_create(
+            Old(
+                created_at=when,
+                remote_addr=address,
+                session_id=address,
+                mechanism="PLAIN",
+                success=False,
+                reason="API_KEY_NOT_FOUND" if counted else "MALFORMED",
+                credential_failure=counted,
+            )
+            for address, when, counted in rows
+        )
+        migrate_to(AFTER)
+        filled = dict(AuthAttempt.objects.values_list("remote_addr", "client_network"))
+        assert filled == {
+            "192.0.2.1": "192.0.2.1",
+            "2001:db8:1:2::a": "2001:db8:1:2::/64",
+            "::ffff:192.0.2.9": "192.0.2.9",
+            "192.0.2.2": None,
+            "192.0.2.3": None,
+        }
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.migrate(executor.loader.graph.leaf_nodes())
