@@ -28,11 +28,12 @@ setup: $(INSTALLED) .env
 	$(PY) manage.py loaddata scenarios
 	$(PY) manage.py gencert --if-missing
 
-# runsmtp in the foreground, the admin beside it; Ctrl-C stops both.
+# runsmtp in the foreground, the admin and the delivery worker beside it; Ctrl-C stops all.
 run: setup
 	@$(PY) manage.py demohint
-	@trap 'kill $$web 2>/dev/null; wait $$web 2>/dev/null' EXIT INT TERM; \
+	@trap 'kill $$web $$deliver 2>/dev/null; wait $$web $$deliver 2>/dev/null' EXIT INT TERM; \
 	$(PY) manage.py runserver 127.0.0.1:8000 --noreload & web=$$!; \
+	$(PY) manage.py deliver & deliver=$$!; \
 	$(PY) manage.py runsmtp
 
 test: setup
@@ -52,6 +53,7 @@ BENCH_ARGS ?=
 bench: setup
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/delivery.py $(if $(findstring --quick,$(BENCH_ARGS)),--quick)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis test-db.sqlite3*

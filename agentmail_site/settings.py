@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "inboxes",
     "apikeys",
     "smtpgateway",
+    "delivery",
 ]
 
 MIDDLEWARE = [
@@ -175,6 +176,29 @@ SMTP_SHUTDOWN_GRACE: float = env.float("SMTP_SHUTDOWN_GRACE", default=30.0)
 # AuthAttempt records kept in memory while the database cannot take them.
 SMTP_AUTH_BACKLOG_MAX: int = env.int("SMTP_AUTH_BACKLOG_MAX", default=10_000)
 
+# --- Delivery (manage.py deliver; docs/delivery.md) ------------------------------
+# Where accepted mail goes: smtp://user:password@host:587 (STARTTLS required,
+# certificate verified; ?ca=/path.pem trusts a private CA), smtps://host:465,
+# smtp://127.0.0.1:25?tls=none (a loopback sink only), or file://var/outbox (one
+# .eml per recipient). Unset: nothing is delivered (runsmtp warns, deliver refuses).
+DELIVERY_RELAY_URL: str = env.str("DELIVERY_RELAY_URL", default="")
+# Retries as Postfix does them: a temporary failure waits from the minimal to the
+# maximal backoff, doubling; after the lifetime in the queue the recipient expires.
+DELIVERY_MIN_BACKOFF: float = env.float("DELIVERY_MIN_BACKOFF", default=300.0)
+DELIVERY_MAX_BACKOFF: float = env.float("DELIVERY_MAX_BACKOFF", default=4000.0)
+DELIVERY_MAX_LIFETIME: float = env.float("DELIVERY_MAX_LIFETIME", default=5 * 24 * 3600.0)
+DELIVERY_CONNECT_TIMEOUT: float = env.float("DELIVERY_CONNECT_TIMEOUT", default=30.0)
+DELIVERY_COMMAND_TIMEOUT: float = env.float("DELIVERY_COMMAND_TIMEOUT", default=120.0)
+# Upstream connections per worker process, each reused for many messages.
+DELIVERY_CONNECTIONS: int = env.int("DELIVERY_CONNECTIONS", default=4)
+# How long a worker's claim on a recipient lasts (renewed while it works): a
+# worker killed outright leaves its recipients to others after this.
+DELIVERY_LEASE: float = env.float("DELIVERY_LEASE", default=300.0)
+# Seconds between looks at the queue when there was nothing to do.
+DELIVERY_POLL_INTERVAL: float = env.float("DELIVERY_POLL_INTERVAL", default=0.2)
+# Seconds SIGTERM/SIGINT gives the deliveries in flight before deliver exits.
+DELIVERY_SHUTDOWN_GRACE: float = env.float("DELIVERY_SHUTDOWN_GRACE", default=30.0)
+
 # --- Logging ---------------------------------------------------------------------
 LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
@@ -193,6 +217,7 @@ LOGGING = {
         "smtpgateway": {"level": LOG_LEVEL},
         "apikeys": {"level": LOG_LEVEL},
         "inboxes": {"level": LOG_LEVEL},
+        "delivery": {"level": LOG_LEVEL},
         # aiosmtpd logs every command line at INFO and some client input at
         # WARNING; our own logger says what matters without echoing client bytes.
         "mail.log": {"level": "ERROR"},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -61,7 +63,7 @@ class MessageAdmin(CheckedLookupsAdmin[Message]):
     list_filter = ("status", ("created_at", admin.DateFieldListFilter), "inbox__organization")
     list_select_related = ("inbox",)
     search_fields = ("queue_id", "message_id", "subject", "envelope_from", "inbox__inbox_id")
-    fields = (
+    fields: ClassVar[tuple[str, ...]] = (
         "queue_id",
         "inbox",
         "status",
@@ -73,7 +75,7 @@ class MessageAdmin(CheckedLookupsAdmin[Message]):
         "created_at",
         "raw_text",
     )
-    readonly_fields = fields
+    readonly_fields: ClassVar[tuple[str, ...]] = fields
 
     def get_changelist(self, request: HttpRequest, **kwargs: object) -> type[CheckedChangeList]:
         return MessageChangeList

@@ -63,7 +63,14 @@ class Inbox(models.Model):
 
 class Message(models.Model):
     class Status(models.TextChoices):
+        """Derived from its recipients' (delivery.states.message_status)."""
+
         QUEUED = "queued", "Queued"
+        SENDING = "sending", "Sending"
+        DELIVERED = "delivered", "Delivered"
+        PARTLY_DELIVERED = "partly delivered", "Partly delivered"
+        BOUNCED = "bounced", "Bounced"
+        CANCELLED = "cancelled", "Cancelled"
 
     queue_id = models.CharField(max_length=32, unique=True, help_text="Given to the client in the 250 reply.")
     inbox = models.ForeignKey(Inbox, on_delete=models.PROTECT, related_name="messages")

@@ -58,7 +58,7 @@ async def vanish(port: int, tls_port: int | None, stage: str) -> None:
         writer.write(f"MAIL FROM:<{VALID_EMAIL}>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n".encode())
         for _ in range(3):
             await reader.readline()
-        writer.write(b"Subject: never finished\r\n\r\n" + b"x" * 5000 + b"\r\n")
+        writer.write(b"From: test@agentmail.dev\r\nSubject: never finished\r\n\r\n" + b"x" * 5000 + b"\r\n")
         await writer.drain()
     finally:
         writer.close()

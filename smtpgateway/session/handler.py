@@ -17,7 +17,7 @@ from smtpgateway.session.body import BodyBudget, inbox_share
 from smtpgateway.session.host import DatabaseJobs, LiveSession
 from smtpgateway.session.protocol import GatewaySMTP
 from smtpgateway.session.state import GatewayEnvelope, GatewaySession
-from smtpgateway.storage.jobs import NOT_STORED, StoreJob, Submission
+from smtpgateway.storage.jobs import NOT_STORED, AuthorRefused, StoreJob, Submission
 
 log = logging.getLogger("smtpgateway.server")
 
@@ -118,11 +118,21 @@ class GatewayHandler:
             mail_from=envelope.mail_from,
             rcpt_tos=tuple(envelope.rcpt_tos),
             content=envelope.original_content or b"",
+            author=identity.email,
         )
         queue_id = await self.db.commit(StoreJob(submission))
         if queue_id is NOT_STORED:  # the storage layer has logged why
             log.error("Message not stored (session %s); answered 451", session.session_id)
             return replies.STORE_TEMPORARY_FAILURE
+        if isinstance(queue_id, AuthorRefused):
+            log.warning(
+                "Message refused: its %s header does not name %s only (inbox %s, session %s)",
+                queue_id.header,
+                identity.email,
+                identity.inbox_id,
+                session.session_id,
+            )
+            return replies.author_not_the_inbox(queue_id.header, identity.email)
         log.info(
             "Queued %s from %s: %d bytes, %d recipients (session %s)",
             queue_id,

@@ -96,6 +96,15 @@ NEED_RCPT = "503 5.5.1 Error: need RCPT command"
 DATA_SYNTAX = "501 5.5.4 Syntax: DATA"
 START_MAIL_INPUT = "354 End data with <CR><LF>.<CR><LF>"
 QUEUED = "250 2.0.0 Ok: queued as {queue_id}"
+
+
+def author_not_the_inbox(header: str, inbox_email: str) -> str:
+    """A message whose From: (or Sender:) names someone other than its inbox."""
+    if header == "Sender":
+        return f"550 5.7.1 The Sender header must be absent or {inbox_email}"
+    return f"550 5.7.1 The From header must be exactly one address, {inbox_email}"
+
+
 STORE_TEMPORARY_FAILURE = "451 4.3.0 Temporary failure, message not accepted, try again later"
 
 # aiosmtpd's own reply texts, as it sends them, and what the gateway sends instead.

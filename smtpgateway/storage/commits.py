@@ -33,7 +33,7 @@ from apikeys.models import ApiKey
 from smtpgateway.auth.checker import PendingFailures
 from smtpgateway.models import AuthAttempt
 from smtpgateway.storage.inserts import insert_rows
-from smtpgateway.storage.jobs import NOT_STORED, AttemptRecord, Job, RecordsJob, StoreJob
+from smtpgateway.storage.jobs import NOT_STORED, AttemptRecord, AuthorRefused, Job, RecordsJob, StoreJob
 from smtpgateway.storage.message_inserts import NewMessage, insert_messages
 from smtpgateway.storage.messages import message_row
 from smtpgateway.storage.records import recorder
@@ -41,7 +41,7 @@ from smtpgateway.storage.records import recorder
 log = logging.getLogger(__name__)
 
 
-Result = str | None  # a StoreJob's queue id or NOT_STORED; None for the others
+Result = str | AuthorRefused | None  # a StoreJob's queue id, refusal or NOT_STORED; None for the others
 
 # ApiKey.last_used_at is kept to this resolution: a key in use is written about
 # once a second, not by every commit. On PostgreSQL the committers used to queue
@@ -146,6 +146,9 @@ def _commit_batch(
             results.append(None)
         elif isinstance(job, StoreJob):
             message = message_row(job.submission)
+            if isinstance(message, AuthorRefused):
+                results.append(message)
+                continue
             messages.append(message)
             results.append(message.row.queue_id)
         else:

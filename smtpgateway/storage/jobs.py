@@ -96,6 +96,7 @@ class Submission:
     mail_from: str
     rcpt_tos: tuple[str, ...]
     content: bytes | bytearray  # the DATA buffer itself (smtpgateway.session.body), not a copy
+    author: str = ""  # the inbox's address: the only one From: and Sender: may name
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,3 +142,11 @@ Job = RecordsJob | StoreJob | FlushJob
 # A StoreJob's result when the message was not stored (the database refused it
 # or was unavailable; the storage layer has logged why): the client gets a 451.
 NOT_STORED = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorRefused:
+    """A StoreJob's result when the message names an author other than its inbox
+    (``header``: "From" or "Sender"): nothing stored, the client gets a 550."""
+
+    header: str

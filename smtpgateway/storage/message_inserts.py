@@ -29,6 +29,7 @@ from django.db import connections
 from django.db.models import BinaryField, Func, Value
 from django.utils import timezone as django_timezone
 
+from delivery.models import Recipient
 from inboxes.models import Message
 from smtpgateway.storage.inserts import insert_rows, prepared_value
 
@@ -50,7 +51,8 @@ class NewMessage:
 
 
 def insert_messages(messages: list[NewMessage]) -> None:
-    """INSERT every message (inside the caller's transaction)."""
+    """INSERT every message and its recipients, due for delivery now (inside the
+    caller's transaction: a 250 means both are committed)."""
     small = [message for message in messages if not message.large]
     for message in small:
         message.row.raw = message.received + message.content
@@ -58,6 +60,13 @@ def insert_messages(messages: list[NewMessage]) -> None:
     for message in messages:
         if message.large:
             _insert_large(message)
+    now = django_timezone.now()
+    recipients = [
+        Recipient(message_id=message.row.queue_id, address=address, next_attempt_at=now)
+        for message in messages
+        for address in message.row.envelope_to
+    ]
+    insert_rows(Recipient, recipients, prepared_value)
 
 
 def _insert_large(message: NewMessage) -> None:

@@ -1,6 +1,7 @@
-"""Accepting a message: the trace header, the parsed summary, the row to store.
+"""Accepting a message: the author check, the trace header, the parsed summary,
+the row to store and its recipients.
 
-:func:`message_row` builds the row; ``smtpgateway.storage.commits`` stores it (with
+:func:`message_row` checks and builds the row; ``smtpgateway.storage.commits`` stores it (with
 ``smtpgateway.storage.message_inserts``) in a transaction that has committed before the server
 answers ``250``.
 """
@@ -9,15 +10,17 @@ from __future__ import annotations
 
 import secrets
 from email.headerregistry import BaseHeader, HeaderRegistry, UnstructuredHeader
+from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from email.utils import format_datetime
+from typing import Any
 
 from django.utils import timezone
 
 from inboxes.models import Message
 from smtpgateway.safetext import CONTROL_OR_UNDECODABLE
-from smtpgateway.storage.jobs import Submission
+from smtpgateway.storage.jobs import AuthorRefused, Submission
 from smtpgateway.storage.message_inserts import NewMessage
 
 _HEADER_LIMIT = 998  # RFC 5322 line length; longer values are cut for display
@@ -80,19 +83,64 @@ def received_header(submission: Submission, queue_id: str) -> bytes:
 _HEADER_BLOCK_LIMIT = 256 * 1024
 
 
-def summarize(content: bytes | bytearray) -> tuple[str, str]:
-    """Message-ID and Subject, parsed with the stdlib; unparsable headers give ''.
-    Only the header block is parsed (the parser would otherwise decode the whole
-    message into a string: tens of megabytes for a large one)."""
+def read_headers(content: bytes | bytearray) -> EmailMessage | None:
+    """The header block, parsed with the stdlib (None if it cannot be). Only the
+    header block is parsed (the parser would otherwise decode the whole message
+    into a string: tens of megabytes for a large one)."""
     end = content.find(b"\r\n\r\n", 0, _HEADER_BLOCK_LIMIT)
     header_block = content[: end + 4] if end >= 0 else content[:_HEADER_BLOCK_LIMIT]
     try:
-        headers = _header_parser.parsebytes(header_block)
+        return _header_parser.parsebytes(header_block)
+    except Exception:
+        return None
+
+
+def summarize(content: bytes | bytearray) -> tuple[str, str]:
+    """Message-ID and Subject; unparsable headers give ''."""
+    return summary(read_headers(content))
+
+
+def summary(headers: EmailMessage | None) -> tuple[str, str]:
+    if headers is None:
+        return "", ""
+    try:
         message_id = str(headers.get("Message-ID", "") or "").strip()
         subject = str(headers.get("Subject", "") or "").strip()
     except Exception:  # a malformed header must not lose an otherwise fine message
         return "", ""
     return _storable(message_id[:_HEADER_LIMIT]), _storable(subject[:_HEADER_LIMIT])
+
+
+def author_problem(headers: EmailMessage | None, inbox_email: str) -> str | None:
+    """The header that does not name the inbox as the author, or None. ``From:``
+    must be exactly one mailbox, the inbox's address (display name free, domain
+    compared without case); a ``Sender:`` may only name the same address. So a
+    key for one inbox cannot put another's name on a message (AgentMail checks
+    the same). Unparsable headers fail the check: nothing shows who wrote it."""
+    if headers is None:
+        return "From"
+    try:
+        authors = headers.get_all("From") or []
+        if len(authors) != 1 or not _names_only(authors[0], inbox_email):
+            return "From"
+        senders = headers.get_all("Sender") or []
+        if senders and (len(senders) != 1 or not _names_only(senders[0], inbox_email)):
+            return "Sender"
+    except Exception:  # a header the parser cannot read
+        return "From"
+    return None
+
+
+def _names_only(header: Any, inbox_email: str) -> bool:
+    """Whether an address header is one mailbox, outside any group, equal to ``inbox_email``."""
+    groups = getattr(header, "groups", None)
+    if not groups or len(groups) != 1 or groups[0].display_name is not None or header.defects:
+        return False
+    addresses = groups[0].addresses
+    if len(addresses) != 1:
+        return False
+    local, _, domain = inbox_email.rpartition("@")
+    return bool(addresses[0].username == local and addresses[0].domain.lower() == domain.lower())
 
 
 def _storable(text: str) -> str:
@@ -102,12 +150,17 @@ def _storable(text: str) -> str:
     return text.replace("\x00", "\ufffd")
 
 
-def message_row(submission: Submission) -> NewMessage:
-    """The Message to store for ``submission`` (not saved; its queue_id is new).
-    ``raw`` is written by ``smtpgateway.storage.message_inserts``, from the header and the body as
-    they are, so that a large body is not copied to be joined."""
+def message_row(submission: Submission) -> NewMessage | AuthorRefused:
+    """The Message to store for ``submission`` (not saved; its queue_id is new),
+    or why it is refused. ``raw`` is written by
+    ``smtpgateway.storage.message_inserts``, from the header and the body as they
+    are, so that a large body is not copied to be joined."""
+    headers = read_headers(submission.content)
+    problem = author_problem(headers, submission.author)
+    if problem is not None:
+        return AuthorRefused(problem)
     queue_id = new_queue_id()
-    message_id, subject = summarize(submission.content)
+    message_id, subject = summary(headers)
     row = Message(
         queue_id=queue_id,
         inbox_id=submission.inbox_pk,

@@ -22,7 +22,7 @@ def test_a_live_session_stores_the_addresses_as_sent(gateway: LiveGateway) -> No
     for recipient in recipients:
         assert wire.command(f"RCPT TO:{recipient}") == "250 2.1.5 Recipient OK"
     wire.command("DATA")
-    wire.sock.sendall(b"Subject: addresses\r\n\r\nbody\r\n.\r\n")
+    wire.sock.sendall(b"From: test@agentmail.dev\r\nSubject: addresses\r\n\r\nbody\r\n.\r\n")
     assert wire.reply()[-1].startswith("250 2.0.0")
     message = Message.objects.get()
     assert message.envelope_from == VALID_EMAIL

@@ -81,7 +81,9 @@ def test_store_failure_answers_451_and_stores_nothing(
 ) -> None:
     shorten_lock_timeout(monkeypatch, 0.5)
     gateway = gateway_factory()
-    message = b"Subject: during an outage\r\n\r\n" + b"0123456789 body\r\n" * (body_size // 17 + 1)
+    message = b"From: test@agentmail.dev\r\nSubject: during an outage\r\n\r\n" + b"0123456789 body\r\n" * (
+        body_size // 17 + 1
+    )
     with gateway.smtp(timeout=30) as client:
         auth(client, "PLAIN", VALID_INBOX, VALID_KEY)
         with write_lock():
@@ -104,7 +106,7 @@ def test_postgresql_outage_and_recovery(gateway_factory: Any, scenarios: None) -
     if connection.vendor != "postgresql":
         pytest.skip("needs PostgreSQL (CI runs the suite on it too); SQLite faults are the lock tests above")
     gateway = gateway_factory(flush_interval=0.2)
-    message = b"Subject: across an outage\r\n\r\nbody\r\n"
+    message = b"From: test@agentmail.dev\r\nSubject: across an outage\r\n\r\nbody\r\n"
     with gateway.smtp(timeout=30) as client:
         auth(client, "PLAIN", VALID_INBOX, VALID_KEY)
         with postgresql_outage():
@@ -148,7 +150,9 @@ def test_a_record_the_database_refuses_is_logged_and_holds_up_nothing(
                 return auth(client, "PLAIN", REFUSED_USERNAME, VALID_KEY)[1], {}
             reply = auth(client, "PLAIN", VALID_INBOX, VALID_KEY)[1]
             return reply, client.sendmail(
-                VALID_EMAIL, ["a@example.com"], b"Subject: beside a refused row\r\n\r\nbody\r\n"
+                VALID_EMAIL,
+                ["a@example.com"],
+                b"From: test@agentmail.dev\r\nSubject: beside a refused row\r\n\r\nbody\r\n",
             )
 
     with refused_attempts(REFUSED_USERNAME):

@@ -55,7 +55,7 @@ commands = st.sampled_from(
         b"MAIL FROM:<evil@example.com>",
         b"RCPT TO:<a@example.com>",
         b"RCPT TO:<>",
-        b"Subject: fuzz\r\n\r\nbody\r\n.",
+        b"From: test@agentmail.dev\r\nSubject: fuzz\r\n\r\nbody\r\n.",
         b".",
     ]
 )
@@ -69,7 +69,7 @@ hostile_mechanism = st.binary(min_size=1, max_size=40).map(lambda raw: b"AUTH " 
 hostile_recipient = st.binary(max_size=40).map(lambda raw: b"RCPT TO:<" + raw + b"@example.com>")
 hostile_header = st.binary(max_size=60).map(
     lambda raw: (
-        b"Subject: "
+        b"From: test@agentmail.dev\r\nSubject: "
         + raw.replace(b"\r", b"").replace(b"\n", b"")
         + b"\r\nMessage-ID: <"
         + raw[:20].replace(b"\r", b"").replace(b"\n", b"")

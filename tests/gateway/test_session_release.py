@@ -92,7 +92,7 @@ def test_ended_sessions_are_freed_at_once(
                     client.sendmail(
                         VALID_EMAIL,
                         ["someone@example.com"],
-                        b"Subject: hi\r\nMessage-ID: <1@example.com>\r\n\r\nhello\r\n",
+                        b"From: test@agentmail.dev\r\nSubject: hi\r\nMessage-ID: <1@example.com>\r\n\r\nhello\r\n",
                     )
         with gateway.smtp() as client:
             client.starttls(context=client_context)
@@ -138,7 +138,7 @@ def data_timeout(gateway: LiveGateway) -> weakref.ref[GatewaySMTP]:
     wire.command(f"MAIL FROM:<{VALID_EMAIL}>")
     wire.command("RCPT TO:<a@example.com>")
     assert wire.command("DATA").startswith("354 ")
-    wire.sock.sendall(b"Subject: never finished\r\n")
+    wire.sock.sendall(b"From: test@agentmail.dev\r\nSubject: never finished\r\n")
     session = the_session(gateway)
     eventually(lambda: not gateway.server.sessions)  # the DATA deadline closed it
     wire.close()

@@ -25,7 +25,7 @@ def start_data(wire: Wire) -> None:
     wire.command(f"MAIL FROM:<{VALID_EMAIL}>")
     wire.command("RCPT TO:<a@example.com>")
     assert wire.command("DATA").startswith("354 ")
-    wire.sock.sendall(b"Subject: in flight\r\n\r\nfirst half\r\n")
+    wire.sock.sendall(b"From: test@agentmail.dev\r\nSubject: in flight\r\n\r\nfirst half\r\n")
 
 
 def stop_in_background(gateway: LiveGateway) -> Any:

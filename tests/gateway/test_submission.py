@@ -61,7 +61,7 @@ def test_a_repeated_recipient_is_kept_once(gateway: LiveGateway) -> None:
             "A@example.com",
             "a@example.com",
         ]
-        refused = client.sendmail(VALID_EMAIL, recipients, b"Subject: twice\r\n\r\nx\r\n")
+        refused = client.sendmail(VALID_EMAIL, recipients, b"From: test@agentmail.dev\r\nSubject: twice\r\n\r\nx\r\n")
     assert refused == {}
     assert Message.objects.get().envelope_to == ["a@example.com", "A@example.com"]
     wire = authenticated_wire(gateway)
@@ -80,7 +80,7 @@ def test_declared_size_over_limit(gateway: LiveGateway) -> None:
 
 def test_body_over_limit_is_refused_and_not_stored(gateway_factory, scenarios) -> None:  # type: ignore[no-untyped-def]
     gateway = gateway_factory(max_message_size=2000)
-    big = b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 40
+    big = b"From: test@agentmail.dev\r\nSubject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 40
     # A client that declares the size (smtplib does) is refused at MAIL FROM.
     with gateway.smtp() as client:
         auth(client, "PLAIN", VALID_INBOX, VALID_KEY)
@@ -124,7 +124,7 @@ def test_queue_id_in_reply_matches_stored_row(gateway: LiveGateway) -> None:
     wire.command(f"MAIL FROM:<{VALID_EMAIL}>")
     wire.command("RCPT TO:<a@example.com>")
     assert wire.command("DATA") == "354 End data with <CR><LF>.<CR><LF>"
-    body = b"Subject: =?utf-8?q?caf=C3=A9?=\r\n\r\n..leading dot\r\nline two\r\n"
+    body = b"From: test@agentmail.dev\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\n\r\n..leading dot\r\nline two\r\n"
     wire.sock.sendall(body + b".\r\n")
     reply = wire.reply()[-1]
     assert reply.startswith("250 2.0.0 Ok: queued as ")
@@ -142,7 +142,7 @@ def test_several_messages_per_connection_and_rset(gateway: LiveGateway) -> None:
         wire.command(f"MAIL FROM:<{VALID_EMAIL}>")
         wire.command("RCPT TO:<a@example.com>")
         wire.command("DATA")
-        wire.sock.sendall(f"Subject: number {n}\r\n\r\nbody\r\n.\r\n".encode())
+        wire.sock.sendall(f"From: test@agentmail.dev\r\nSubject: number {n}\r\n\r\nbody\r\n.\r\n".encode())
         assert wire.reply()[-1].startswith("250 2.0.0 Ok: queued as ")
     wire.command(f"MAIL FROM:<{VALID_EMAIL}>")
     assert wire.command("RSET") == "250 2.0.0 OK"
@@ -164,7 +164,7 @@ def test_pipelined_transaction(gateway: LiveGateway) -> None:
         "250 2.1.5 Recipient OK",
         "354 End data with <CR><LF>.<CR><LF>",
     ]
-    wire.sock.sendall(b"Subject: piped\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+    wire.sock.sendall(b"From: test@agentmail.dev\r\nSubject: piped\r\n\r\nbody\r\n.\r\nQUIT\r\n")
     assert wire.reply()[-1].startswith("250 2.0.0 Ok: queued as ")
     assert wire.reply()[-1] == "221 2.0.0 Bye"
     assert Message.objects.get().subject == "piped"
@@ -183,7 +183,7 @@ def test_only_crlf_dot_crlf_ends_the_data(gateway: LiveGateway, fake_end: bytes)
     smuggled = (
         b"MAIL FROM:<" + VALID_EMAIL.encode() + b">\r\nRCPT TO:<b@example.com>\r\nDATA\r\nSubject: smuggled\r\n\r\nx"
     )
-    wire.sock.sendall(b"Subject: outer\r\n\r\nbody" + fake_end + smuggled + b"\r\n.\r\n")
+    wire.sock.sendall(b"From: test@agentmail.dev\r\nSubject: outer\r\n\r\nbody" + fake_end + smuggled + b"\r\n.\r\n")
     assert wire.reply()[-1].startswith("250 2.0.0 Ok: queued as ")
     assert wire.command("NOOP") == "250 2.0.0 OK"  # no replies to smuggled commands came first
     message = Message.objects.get()
@@ -197,7 +197,7 @@ def test_eight_bit_and_smtputf8(gateway: LiveGateway) -> None:
     assert wire.command(f"MAIL FROM:<{VALID_EMAIL}> BODY=8BITMIME SMTPUTF8") == "250 2.1.0 Sender OK"
     assert wire.command("RCPT TO:<josé@exämple.com>".encode()) == "250 2.1.5 Recipient OK"
     wire.command("DATA")
-    wire.sock.sendall("Subject: naïve\r\n\r\nüñíçødé\r\n.\r\n".encode())
+    wire.sock.sendall("From: test@agentmail.dev\r\nSubject: naïve\r\n\r\nüñíçødé\r\n.\r\n".encode())
     assert wire.reply()[-1].startswith("250 2.0.0")
     message = Message.objects.get()
     assert message.envelope_to == ["josé@exämple.com"]
@@ -218,7 +218,7 @@ def test_an_address_beyond_ascii_needs_smtputf8_declared(gateway: LiveGateway) -
     )
     assert wire.command("RCPT TO:<jose@example.com>") == "250 2.1.5 Recipient OK"
     wire.command("DATA")
-    wire.sock.sendall(b"Subject: ascii\r\n\r\nhi\r\n.\r\n")
+    wire.sock.sendall(b"From: test@agentmail.dev\r\nSubject: ascii\r\n\r\nhi\r\n.\r\n")
     assert wire.reply()[-1].startswith("250 2.0.0")
     assert Message.objects.get().envelope_to == ["jose@example.com"]
 
@@ -227,11 +227,11 @@ def test_an_address_beyond_ascii_needs_smtputf8_declared(gateway: LiveGateway) -
     "headers, subject, message_id",
     [
         (
-            b"Subject: a \x00 inside\r\nMessage-ID: <a\x00b@example.com>\r\n",
+            b"From: test@agentmail.dev\r\nSubject: a \x00 inside\r\nMessage-ID: <a\x00b@example.com>\r\n",
             "a \ufffd inside",
             "<a\ufffdb@example.com>",
         ),
-        (b"Subject: =?utf-8?q?encoded_=00_too?=\r\n", "encoded \ufffd too", ""),
+        (b"From: test@agentmail.dev\r\nSubject: =?utf-8?q?encoded_=00_too?=\r\n", "encoded \ufffd too", ""),
     ],
     ids=["as sent", "RFC 2047-encoded"],
 )
@@ -261,7 +261,7 @@ def test_the_helo_name_cannot_put_control_bytes_into_received(gateway: LiveGatew
     assert wire.command(f"MAIL FROM:<{VALID_EMAIL}>") == "250 2.1.0 Sender OK"
     assert wire.command("RCPT TO:<a@example.com>") == "250 2.1.5 Recipient OK"
     wire.command("DATA")
-    wire.sock.sendall(b"Subject: helo\r\n\r\nbody\r\n.\r\n")
+    wire.sock.sendall(b"From: test@agentmail.dev\r\nSubject: helo\r\n\r\nbody\r\n.\r\n")
     assert wire.reply()[-1].startswith("250 2.0.0")
     assert bytes(Message.objects.get().raw).startswith(b"Received: from bad????name.example ([127.0.0.1])\r\n\tby ")
 
@@ -285,7 +285,8 @@ def test_a_crafted_header_costs_no_more_than_its_first_kilobytes(
     is kept (the first 998 characters) is read now, and a Message-ID as text."""
     with gateway.smtp(timeout=2) as client:  # the 250 came later than that
         auth(client, "PLAIN", VALID_INBOX, VALID_KEY)
-        assert client.sendmail(VALID_EMAIL, ["a@example.com"], folded(name, value) + b"\r\n\r\nbody\r\n") == {}
+        content = b"From: test@agentmail.dev\r\n" + folded(name, value) + b"\r\n\r\nbody\r\n"
+        assert client.sendmail(VALID_EMAIL, ["a@example.com"], content) == {}
     message = Message.objects.get()
     if name == b"Message-ID":
         assert message.message_id == folded(b"", value)[2:].replace(b"\r\n", b"").decode()[:998]
@@ -298,7 +299,7 @@ def test_over_long_body_line_is_refused_after_the_body(gateway: LiveGateway) -> 
     wire.command(f"MAIL FROM:<{VALID_EMAIL}>")
     wire.command("RCPT TO:<a@example.com>")
     assert wire.command("DATA").startswith("354 ")
-    wire.sock.sendall(b"Subject: long\r\n\r\n" + b"x" * 5000 + b"\r\nafter\r\n.\r\n")
+    wire.sock.sendall(b"From: test@agentmail.dev\r\nSubject: long\r\n\r\n" + b"x" * 5000 + b"\r\nafter\r\n.\r\n")
     # Refused once the body has ended, not in the middle of it; the session goes on.
     assert wire.reply() == ["500 5.5.2 Line too long"]
     assert wire.command("NOOP") == "250 2.0.0 OK"
@@ -311,7 +312,11 @@ def test_large_message_is_stored_byte_for_byte(gateway: LiveGateway, size: int) 
     SQLite, binary parameters on PostgreSQL): the bytes must come back exact."""
     lines = [f"{n:08d} ".encode() + bytes(range(33, 127)) * 10 for n in range(size // 950)]
     lines[3] = b"." + lines[3]  # stuffed by smtplib, unstuffed by the server
-    body = b"Subject: large\r\nMessage-ID: <large@example.com>\r\n\r\n" + b"\r\n".join(lines) + b"\r\n"
+    body = (
+        b"From: test@agentmail.dev\r\nSubject: large\r\nMessage-ID: <large@example.com>\r\n\r\n"
+        + b"\r\n".join(lines)
+        + b"\r\n"
+    )
     with gateway.smtp() as client:
         auth(client, "PLAIN", VALID_INBOX, VALID_KEY)
         assert client.sendmail(VALID_EMAIL, ["a@example.com"], body) == {}
@@ -350,17 +355,19 @@ def test_bodies_in_memory_over_all_sessions_are_bounded(gateway_factory: Any, sc
 
     first, second = authenticated_wire(gateway), authenticated_wire(gateway)
     ready(first)
-    first.sock.sendall(b"Subject: first\r\n\r\n" + line * 800)
+    first.sock.sendall(b"From: test@agentmail.dev\r\nSubject: first\r\n\r\n" + line * 800)
     eventually(lambda: budget.used >= 800 * 1000)
     ready(second)
-    second.sock.sendall(b"Subject: second\r\n\r\n" + line * 400 + b".\r\n")
+    second.sock.sendall(b"From: test@agentmail.dev\r\nSubject: second\r\n\r\n" + line * 400 + b".\r\n")
     assert second.reply() == ["452 4.3.1 Insufficient system storage, try again later"]
-    assert budget.used == 800 * 1000 + len(b"Subject: first\r\n\r\n")  # the refused body holds nothing
+    assert budget.used == 800 * 1000 + len(
+        b"From: test@agentmail.dev\r\nSubject: first\r\n\r\n"
+    )  # the refused body holds nothing
     first.sock.sendall(b".\r\n")
     assert first.reply()[-1].startswith("250 2.0.0")
     assert budget.used == 0
     ready(second)  # the same session, sent again
-    second.sock.sendall(b"Subject: second\r\n\r\n" + line * 400 + b".\r\n")
+    second.sock.sendall(b"From: test@agentmail.dev\r\nSubject: second\r\n\r\n" + line * 400 + b".\r\n")
     assert second.reply()[-1].startswith("250 2.0.0")
     assert sorted(Message.objects.values_list("subject", flat=True)) == ["first", "second"]
     assert budget.used == 0
@@ -395,18 +402,18 @@ def test_one_inbox_cannot_take_every_body_budget(
 
     holding = authenticated_wire(gateway)
     ready(holding, VALID_EMAIL)
-    holding.sock.sendall(b"Subject: held\r\n\r\n" + line * 800)
+    holding.sock.sendall(b"From: test@agentmail.dev\r\nSubject: held\r\n\r\n" + line * 800)
     eventually(lambda: budget.used >= 800 * 1000)
     same_inbox = authenticated_wire(gateway)
     ready(same_inbox, VALID_EMAIL)
-    same_inbox.sock.sendall(b"Subject: same inbox\r\n\r\n" + line * 400 + b".\r\n")
+    same_inbox.sock.sendall(b"From: test@agentmail.dev\r\nSubject: same inbox\r\n\r\n" + line * 400 + b".\r\n")
     assert same_inbox.reply() == ["452 4.3.1 Insufficient system storage, try again later"]
     assert "bodies in memory 800" in caplog.text and "this inbox's 800" in caplog.text
     other_inbox = gateway.wire()
     other_inbox.command("EHLO tester.example")
     assert other_inbox.command("AUTH PLAIN " + b64(f"\0{other.inbox_id}\0{VALID_KEY}")).startswith("235 ")
     ready(other_inbox, other.email)
-    other_inbox.sock.sendall(b"Subject: other inbox\r\n\r\n" + line * 400 + b".\r\n")
+    other_inbox.sock.sendall(b"From: second@agentmail.dev\r\nSubject: other inbox\r\n\r\n" + line * 400 + b".\r\n")
     assert other_inbox.reply()[-1].startswith("250 2.0.0")
     holding.sock.sendall(b".\r\n")
     assert holding.reply()[-1].startswith("250 2.0.0")

@@ -68,7 +68,7 @@ def test_starttls_then_login(tls_gateway: LiveGateway, client_context: ssl.SSLCo
     with starttls_client(tls_gateway, client_context) as client:
         assert client.has_extn("auth") and not client.has_extn("starttls")
         assert client.login(VALID_INBOX, VALID_KEY) == (235, b"2.7.0 Authentication successful")
-        client.sendmail(VALID_EMAIL, ["a@example.com"], b"Subject: over TLS\r\n\r\nhi\r\n")
+        client.sendmail(VALID_EMAIL, ["a@example.com"], b"From: test@agentmail.dev\r\nSubject: over TLS\r\n\r\nhi\r\n")
     tls_gateway.settle()
     attempt = AuthAttempt.objects.get()
     assert attempt.encrypted and attempt.tls_version == "TLSv1.3" and attempt.tls_cipher.startswith("TLS_")

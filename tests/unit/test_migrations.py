@@ -61,3 +61,39 @@ def test_client_network_is_filled_for_the_current_window(settings: object) -> No
     finally:
         executor = MigrationExecutor(connection)
         executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_queued_messages_get_their_recipients() -> None:
+    """Messages accepted before delivery existed: one recipient per envelope
+    recipient (each once), due at their arrival; other statuses are left alone."""
+    before, after = ("delivery", "0001_initial"), ("delivery", "0002_recipients_of_queued_messages")
+    try:
+        executor = migrate_to(before)
+        apps = executor.loader.project_state(before).apps
+        organization = apps.get_model("inboxes", "Organization").objects.create(public_id="org_mig", name="m")
+        inbox = apps.get_model("inboxes", "Inbox").objects.create(
+            inbox_id="inb_migration00001", organization=organization, email="m@agentmail.dev"
+        )
+        message = apps.get_model("inboxes", "Message")
+        for queue_id, recipients, status in (
+            ("Q1", ["a@example.com", "b@example.com", "a@example.com"], "queued"),
+            ("Q2", ["c@example.com"], "delivered"),
+        ):
+            message.objects.create(
+                queue_id=queue_id,
+                inbox=inbox,
+                envelope_from="m@agentmail.dev",
+                envelope_to=recipients,
+                size=1,
+                raw=b"x",
+                status=status,
+            )
+        migrate_to(after)
+        from delivery.models import Recipient
+
+        made = sorted(Recipient.objects.values_list("message_id", "address", "status"))
+        assert made == [("Q1", "a@example.com", "queued"), ("Q1", "b@example.com", "queued")]
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.migrate(executor.loader.graph.leaf_nodes())

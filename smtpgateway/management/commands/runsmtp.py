@@ -23,6 +23,16 @@ from smtpgateway.runtime.supervisor import run_workers
 from smtpgateway.session.auth_exchange import AUTH_MECHANISMS
 
 
+def describe_delivery() -> str:
+    """Where ``manage.py deliver`` sends accepted mail, without credentials."""
+    from delivery.relay import RelayTarget
+
+    try:
+        return f"{RelayTarget.parse(settings.DELIVERY_RELAY_URL, settings.BASE_DIR).describe()} (by manage.py deliver)"
+    except ValueError as error:
+        return f"none ({error})"
+
+
 def describe_database() -> str:
     """Which database the gateway uses, without credentials."""
     db = settings.DATABASES["default"]
@@ -217,6 +227,9 @@ class Command(BaseCommand):
             f"  database:  {describe_database()}",
             f"  loop:      {settings.SMTP_EVENT_LOOP}",
         ]
+        lines.append(f"  delivery:  {describe_delivery()}")
+        if not settings.DELIVERY_RELAY_URL:
+            lines.append("  WARNING:   DELIVERY_RELAY_URL is not set: accepted mail is queued but not delivered")
         if self.open_files_warning:
             lines.append(f"  WARNING:   {self.open_files_warning}")
         lines.append("Quit with Ctrl-C.")
