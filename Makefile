@@ -53,7 +53,7 @@ BENCH_ARGS ?=
 bench: setup
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	$(PY) bench/run.py $(BENCH_ARGS)
-	$(PY) bench/delivery.py $(if $(findstring --quick,$(BENCH_ARGS)),--quick)
+	$(PY) bench/delivery_run.py $(if $(findstring --quick,$(BENCH_ARGS)),--quick)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis test-db.sqlite3*

@@ -92,7 +92,7 @@ def test_queued_messages_get_their_recipients() -> None:
         migrate_to(after)
         from delivery.models import Recipient
 
-        made = sorted(Recipient.objects.values_list("message_id", "address", "status"))
+        made = sorted(Recipient.objects.values_list("message__queue_id", "address", "status"))
         assert made == [("Q1", "a@example.com", "queued"), ("Q1", "b@example.com", "queued")]
     finally:
         executor = MigrationExecutor(connection)
