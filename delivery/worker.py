@@ -37,6 +37,7 @@ PER_SENDER = 8  # messages queued ahead for each sender thread
 IDLE_CLOSE = 10.0  # seconds an upstream connection may sit unused before it is closed
 KEYS_REFRESH = 30.0  # seconds between re-reads of the DKIM keys
 RESULT_WAIT = 0.02  # seconds the dispatcher waits for results before it looks again
+RESULT_GATHER = 0.005  # seconds it then gathers more before recording them together
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,11 @@ class DeliveryWorker:
             self._drain()
 
     def _claim(self) -> int:
-        room = PER_SENDER * len(self._senders) - self._in_flight
-        if room <= 0:
+        # Claim in batches, when half the senders' queue has room: a claim is a
+        # write transaction, and one per message would cost more than the message.
+        capacity = PER_SENDER * len(self._senders)
+        room = capacity - self._in_flight
+        if room < capacity // 2:
             return 0
         claimed = work.claim(self.owner, room, self.settings.lease)
         if claimed:
@@ -116,11 +120,15 @@ class DeliveryWorker:
         return self._keys
 
     def _collect(self, wait: bool) -> list[work.Delivered]:
+        """The results that are in; with ``wait``, wait a little for the first,
+        then gather what comes within RESULT_GATHER, so that one transaction
+        records several (each is a write transaction, with its fsync)."""
         done: list[work.Delivered] = []
         try:
             done.append(self._results.get(timeout=RESULT_WAIT) if wait else self._results.get_nowait())
-            while True:
-                done.append(self._results.get_nowait())
+            until = time.monotonic() + RESULT_GATHER
+            while len(done) < self._in_flight:
+                done.append(self._results.get(timeout=max(0.0, until - time.monotonic())))
         except queue.Empty:
             pass
         return done
