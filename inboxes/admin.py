@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from typing import ClassVar
+from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils.html import format_html
 
 from agentmail_site.admin_lookups import CheckedChangeList, CheckedLookupsAdmin
@@ -73,12 +75,21 @@ class MessageAdmin(CheckedLookupsAdmin[Message]):
         "message_id",
         "subject",
         "created_at",
+        "submitted_by",
         "raw_text",
     )
     readonly_fields: ClassVar[tuple[str, ...]] = fields
 
     def get_changelist(self, request: HttpRequest, **kwargs: object) -> type[CheckedChangeList]:
         return MessageChangeList
+
+    @admin.display(description="submitted in")
+    def submitted_by(self, message: Message) -> str:
+        """The SMTP session, linked to its AUTH attempt (bounces have none)."""
+        if not message.session_id:
+            return "-"
+        url = reverse("admin:smtpgateway_authattempt_changelist") + "?" + urlencode({"q": message.session_id})
+        return format_html('session <a href="{}">{}</a> (its AUTH attempt)', url, message.session_id)
 
     @admin.display(description="recipients")
     def recipient_count(self, message: Message) -> int:

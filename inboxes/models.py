@@ -82,6 +82,12 @@ class Message(models.Model):
     raw = models.BinaryField(help_text="The gateway's Received: header followed by the bytes as received.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    session_id = models.CharField(
+        max_length=32,
+        blank=True,
+        default="",
+        help_text="The SMTP session that submitted it (as in AuthAttempt rows and log lines).",
+    )
 
     class Meta:
         ordering = ["-created_at"]

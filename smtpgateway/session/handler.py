@@ -119,6 +119,7 @@ class GatewayHandler:
             rcpt_tos=tuple(envelope.rcpt_tos),
             content=envelope.original_content or b"",
             author=identity.email,
+            session_id=session.session_id,
         )
         queue_id = await self.db.commit(StoreJob(submission))
         if queue_id is NOT_STORED:  # the storage layer has logged why

@@ -97,6 +97,7 @@ class Submission:
     rcpt_tos: tuple[str, ...]
     content: bytes | bytearray  # the DATA buffer itself (smtpgateway.session.body), not a copy
     author: str = ""  # the inbox's address: the only one From: and Sender: may name
+    session_id: str = ""  # the SMTP session, linking the message to its AuthAttempt
 
 
 @dataclass(frozen=True, slots=True)

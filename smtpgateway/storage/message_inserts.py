@@ -109,6 +109,7 @@ _COPY_COLUMNS = (
     "subject",
     "status",
     "created_at",
+    "session_id",
     "raw",
 )
 
@@ -127,6 +128,7 @@ def _insert_large_postgresql(message: NewMessage, connection) -> None:  # type: 
         row.subject.encode(),
         row.status.encode(),
         struct.pack(">q", since_epoch // timedelta(microseconds=1)),  # timestamptz: µs since 2000
+        row.session_id.encode(),
     ]
     head = _COPY_SIGNATURE + struct.pack(">h", len(_COPY_COLUMNS))
     head += b"".join(struct.pack(">i", len(field)) + field for field in fields)

@@ -169,5 +169,6 @@ def message_row(submission: Submission) -> NewMessage | AuthorRefused:
         size=len(submission.content),
         message_id=message_id,
         subject=subject,
+        session_id=submission.session_id,
     )
     return NewMessage(row, received_header(submission, queue_id), submission.content)

@@ -20,6 +20,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
+from django.utils import timezone
 
 from delivery.models import DeliveryAttempt, DkimKey, Recipient
 from inboxes.models import Message
@@ -306,3 +307,42 @@ def test_the_from_header_must_be_the_inbox(gateway: LiveGateway) -> None:
         f"5.7.1 The Sender header must be absent or {VALID_EMAIL}",
     )
     assert Message.objects.count() == len(accepted)
+
+
+def test_the_message_page_shows_its_delivery_and_links_its_session(
+    gateway: LiveGateway, plain_sink: Sink, admin_client: Any
+) -> None:
+    plain_sink.handler.rcpt_replies = {"nobody@example.com": "550 5.1.1 no such user"}
+    queue_id = submit(gateway, ["a@example.com", "nobody@example.com"])
+    deliver(plain_sink.url())
+    message = Message.objects.get(queue_id=queue_id)
+    assert message.session_id
+    page = admin_client.get(f"/admin/inboxes/message/{message.pk}/change/").content.decode()
+    assert f"?q={message.session_id}" in page  # the AuthAttempt list, searched by session
+    assert "550 5.1.1 no such user" in page and "bounced" in page and "delivered" in page
+    assert "unsigned: no DKIM key for agentmail.dev" in page
+    attempts = admin_client.get(f"/admin/smtpgateway/authattempt/?q={message.session_id}").context["cl"].result_list
+    assert [attempt.reason for attempt in attempts] == ["OK"]
+    listed = (
+        admin_client.get("/admin/inboxes/message/", {"status__exact": "partly delivered"}).context["cl"].result_list
+    )
+    assert [row.queue_id for row in listed] == [queue_id]
+    admin_client.post("/admin/inboxes/message/", {"action": "cancel_delivery", "_selected_action": [message.pk]})
+    assert statuses(queue_id) == {
+        "a@example.com": "delivered",
+        "nobody@example.com": "bounced",
+    }  # nothing left to cancel
+
+
+def test_operators_retry_now_and_cancel(gateway: LiveGateway, admin_client: Any) -> None:
+    queue_id = submit(gateway, ["a@example.com"])
+    deliver(f"smtp://127.0.0.1:{free_port()}?tls=none", DELIVERY_MIN_BACKOFF=300, DELIVERY_MAX_BACKOFF=300)
+    recipient = Recipient.objects.get()
+    assert recipient.status == "deferred" and recipient.next_attempt_at > timezone.now()
+    message = Message.objects.get(queue_id=queue_id)
+    admin_client.post("/admin/inboxes/message/", {"action": "retry_now", "_selected_action": [message.pk]})
+    assert Recipient.objects.get().next_attempt_at <= timezone.now()
+    admin_client.post("/admin/inboxes/message/", {"action": "cancel_delivery", "_selected_action": [message.pk]})
+    assert statuses(queue_id) == {"a@example.com": "cancelled"}
+    assert Message.objects.get(queue_id=queue_id).status == "cancelled"
+    assert not Message.objects.filter(envelope_from="").exists()  # a cancellation sends no bounce
