@@ -104,7 +104,7 @@ messages, recipients = [], []
 for n in range({count}):
     queue_id = new_queue_id()
     raw = (f"From: {EMAIL}\\r\\nTo: r{{n}}@example.com\\r\\nSubject: bench-{{queue_id}}\\r\\n"
-           f"Message-ID: <{{queue_id}}@agentmail.dev>\\r\\n\\r\\n" + "x" * 76 + "\\r\\n") .encode() + b"y" * 76 * 25
+           f"Message-ID: <{{queue_id}}@agentmail.dev>\\r\\n\\r\\n" + "x" * 76 + "\\r\\n").encode() + (b"y" * 76 + b"\\r\\n") * 25
     messages.append(Message(queue_id=queue_id, inbox=inbox, envelope_from="{EMAIL}", envelope_to=[f"r{{n}}@example.com"], size=len(raw), raw=raw))
     recipients.append(Recipient(message_id=queue_id, address=f"r{{n}}@example.com", next_attempt_at=now))
 Message.objects.bulk_create(messages, batch_size=500)

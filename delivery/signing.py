@@ -66,6 +66,9 @@ def openssl_rsa_sign(digest: Any, private_key: dict[str, int]) -> bytes:
 
 dkimpy_rsa_sign = dkim.crypto.RSASSA_PKCS1_v1_5_sign
 dkim.RSASSA_PKCS1_v1_5_sign = openssl_rsa_sign  # the name dkimpy's signer calls
+# dkimpy also parses the PEM key (ASN.1, in Python) on every signature: the same
+# few keys, parsed once each. The parsed key is only read.
+dkim.parse_pem_private_key = functools.lru_cache(maxsize=64)(dkim.crypto.parse_pem_private_key)
 
 
 def new_key(algorithm: str) -> tuple[str, str]:

@@ -33,11 +33,11 @@ from delivery.signing import SigningKey, sign
 
 log = logging.getLogger(__name__)
 
-PER_SENDER = 8  # messages queued ahead for each sender thread
+PER_SENDER = 16  # messages queued ahead for each sender thread
 IDLE_CLOSE = 10.0  # seconds an upstream connection may sit unused before it is closed
 KEYS_REFRESH = 30.0  # seconds between re-reads of the DKIM keys
 RESULT_WAIT = 0.02  # seconds the dispatcher waits for results before it looks again
-RESULT_GATHER = 0.005  # seconds it then gathers more before recording them together
+RESULT_GATHER = 0.02  # seconds it then gathers more before recording them together
 
 
 @dataclass(frozen=True)
