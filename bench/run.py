@@ -132,7 +132,9 @@ def prepare_database(url: str) -> None:
     empty = (
         "from django.core.management.color import no_style; from django.db import connection; "
         "from smtpgateway.models import AuthAttempt as A; from inboxes.models import Message as M; "
-        "connection.ops.execute_sql_flush(connection.ops.sql_flush(no_style(), [A._meta.db_table, M._meta.db_table]))"
+        "from delivery.models import DeliveryAttempt as D, Recipient as R; "
+        "connection.ops.execute_sql_flush(connection.ops.sql_flush(no_style(), "
+        "[D._meta.db_table, R._meta.db_table, A._meta.db_table, M._meta.db_table], allow_cascade=True))"
     )
     for args in (["migrate", "--noinput", "-v0"], ["loaddata", "scenarios", "-v0"], ["shell", "-c", empty]):
         subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True)
