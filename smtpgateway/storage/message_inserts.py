@@ -31,10 +31,14 @@ from django.utils import timezone as django_timezone
 
 from delivery.models import Recipient
 from inboxes.models import Message
-from smtpgateway.storage.inserts import insert_rows, prepared_value
+from smtpgateway.storage.inserts import adapting_only, insert_rows
 
 LARGE_MESSAGE = 256 * 1024
 CHUNK = 256 * 1024
+# The fields Django must adapt (JSON, binary, dates and auto_now_add); the others
+# are strings and integers the drivers take as they are.
+_message_value = adapting_only("envelope_to", "raw", "created_at")
+_recipient_value = adapting_only("next_attempt_at", "lease_until", "finished_at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +60,7 @@ def insert_messages(messages: list[NewMessage]) -> None:
     small = [message for message in messages if not message.large]
     for message in small:
         message.row.raw = message.received + message.content
-    insert_rows(Message, [message.row for message in small], prepared_value)
+    insert_rows(Message, [message.row for message in small], _message_value)
     for message in messages:
         if message.large:
             _insert_large(message)
@@ -66,7 +70,7 @@ def insert_messages(messages: list[NewMessage]) -> None:
         for message in messages
         for address in message.row.envelope_to
     ]
-    insert_rows(Recipient, recipients, prepared_value)
+    insert_rows(Recipient, recipients, _recipient_value)
 
 
 def _insert_large(message: NewMessage) -> None:
