@@ -6,6 +6,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -14,8 +15,9 @@ from django.utils.cache import add_never_cache_headers
 
 from agentmail_site.admin_lookups import CheckedLookupsAdmin
 from apikeys import keys
-from apikeys.models import ApiKey
+from apikeys.models import ApiKey, validate_inboxes
 from apikeys.scopes import KNOWN_SCOPES, SMTP_SEND
+from inboxes.models import Inbox
 
 
 class ApiKeyForm(forms.ModelForm[ApiKey]):
@@ -27,7 +29,25 @@ class ApiKeyForm(forms.ModelForm[ApiKey]):
 
     class Meta:
         model = ApiKey
-        fields = ("organization", "name", "scopes", "expires_at")
+        fields = ("organization", "name", "scopes", "inboxes", "expires_at")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        inboxes = self.fields.get("inboxes")
+        if inboxes is not None and self.instance.pk is not None:
+            # Only the key's own organization's inboxes can be chosen.
+            inboxes.queryset = Inbox.objects.filter(organization_id=self.instance.organization_id)  # type: ignore[attr-defined]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        organization = cleaned.get("organization") or getattr(self.instance, "organization", None)
+        chosen = list(cleaned.get("inboxes") or [])
+        if organization is not None and chosen:
+            try:
+                validate_inboxes(organization, chosen)
+            except ValidationError as error:
+                self.add_error("inboxes", error)
+        return cleaned
 
 
 class StateFilter(admin.SimpleListFilter):
@@ -64,6 +84,7 @@ class ApiKeyAdmin(CheckedLookupsAdmin[ApiKey]):
     list_filter = (StateFilter, "organization")
     list_select_related = ("organization",)
     search_fields = ("prefix", "name", "organization__public_id")
+    filter_horizontal = ("inboxes",)
     actions = ["revoke"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> tuple[str, ...]:
@@ -73,12 +94,13 @@ class ApiKeyAdmin(CheckedLookupsAdmin[ApiKey]):
 
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> tuple[str, ...]:
         if obj is None:
-            return ("organization", "name", "scopes", "expires_at")
+            return ("organization", "name", "scopes", "inboxes", "expires_at")
         return (
             "prefix_display",
             "organization",
             "name",
             "scopes",
+            "inboxes",
             "expires_at",
             "state_display",
             "revoked_at",

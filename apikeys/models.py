@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from apikeys import keys
 from apikeys.scopes import KNOWN_SCOPES, unknown_scopes
-from inboxes.models import Organization
+from inboxes.models import Inbox, Organization
 
 
 def validate_scopes(value: object) -> None:
@@ -21,6 +21,13 @@ def validate_scopes(value: object) -> None:
         raise ValidationError(f"Unknown scopes: {', '.join(unknown)}. Known: {', '.join(KNOWN_SCOPES)}.")
 
 
+def validate_inboxes(organization: Organization, inboxes: list[Inbox]) -> None:
+    """A key can be limited only to inboxes of its own organization."""
+    foreign = [inbox.inbox_id for inbox in inboxes if inbox.organization_id != organization.pk]
+    if foreign:
+        raise ValidationError(f"Not inboxes of {organization.public_id}: {', '.join(foreign)}.")
+
+
 class ApiKeyManager(models.Manager["ApiKey"]):
     def create_key(
         self,
@@ -29,9 +36,12 @@ class ApiKeyManager(models.Manager["ApiKey"]):
         name: str = "",
         scopes: list[str],
         expires_at: datetime | None = None,
+        inboxes: list[Inbox] | None = None,
     ) -> tuple[ApiKey, str]:
-        """Issue a key. Returns the row and the plaintext, which is never stored."""
+        """Issue a key, limited to ``inboxes`` if any are given (they must be the
+        organization's). Returns the row and the plaintext, which is never stored."""
         validate_scopes(scopes)
+        validate_inboxes(organization, inboxes or [])
         plaintext = keys.generate_key()
         api_key = self.create(
             organization=organization,
@@ -41,6 +51,8 @@ class ApiKeyManager(models.Manager["ApiKey"]):
             scopes=list(dict.fromkeys(scopes)),
             expires_at=expires_at,
         )
+        if inboxes:
+            api_key.inboxes.set(inboxes)
         return api_key, plaintext
 
 
@@ -57,6 +69,12 @@ class ApiKey(models.Model):
         max_length=64, unique=True, editable=False, help_text="SHA-256 of the key; the key itself is never stored."
     )
     scopes = models.JSONField(default=list, validators=[validate_scopes])
+    inboxes = models.ManyToManyField(
+        Inbox,
+        blank=True,
+        related_name="api_keys",
+        help_text="The inboxes this key may send as. None chosen: every inbox of its organization.",
+    )
     expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never expires.")
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)

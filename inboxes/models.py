@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.core.validators import RegexValidator
 from django.db import models
+from django.db.models.functions import Lower
 
 from inboxes.ids import INBOX_ID_PATTERN, ORGANIZATION_ID_PATTERN
 from inboxes.status import InboxStatus
@@ -56,6 +57,10 @@ class Inbox(models.Model):
     class Meta:
         ordering = ["inbox_id"]
         verbose_name_plural = "inboxes"
+        indexes = [
+            # AUTH by address (smtpgateway.auth.reads): found by its lower-cased form.
+            models.Index(Lower("email"), name="inbox_email_lower"),
+        ]
 
     def __str__(self) -> str:
         return self.inbox_id

@@ -11,6 +11,7 @@ class Reason(StrEnum):
     # The validation steps, in the order the authenticator applies them.
     INVALID_INBOX_FORMAT = "INVALID_INBOX_FORMAT"
     INVALID_API_KEY_FORMAT = "INVALID_API_KEY_FORMAT"
+    MALFORMED_KEY = "MALFORMED_KEY"  # the checksummed shape, its checksum wrong
     API_KEY_NOT_FOUND = "API_KEY_NOT_FOUND"
     API_KEY_REVOKED = "API_KEY_REVOKED"
     API_KEY_EXPIRED = "API_KEY_EXPIRED"
@@ -19,6 +20,7 @@ class Reason(StrEnum):
     INBOX_DISABLED = "INBOX_DISABLED"
     INBOX_SUSPENDED = "INBOX_SUSPENDED"
     ORGANIZATION_MISMATCH = "ORGANIZATION_MISMATCH"
+    INBOX_NOT_ALLOWED = "INBOX_NOT_ALLOWED"  # the key is limited to other inboxes
     # Exchanges that never reach validation, and faults.
     MALFORMED = "MALFORMED"
     AUTHZID_MISMATCH = "AUTHZID_MISMATCH"
@@ -39,6 +41,7 @@ CREDENTIAL_FAILURES = tuple(
     for reason in (
         Reason.INVALID_INBOX_FORMAT,
         Reason.INVALID_API_KEY_FORMAT,
+        Reason.MALFORMED_KEY,
         Reason.API_KEY_NOT_FOUND,
         Reason.API_KEY_REVOKED,
         Reason.API_KEY_EXPIRED,
@@ -47,5 +50,6 @@ CREDENTIAL_FAILURES = tuple(
         Reason.INBOX_DISABLED,
         Reason.INBOX_SUSPENDED,
         Reason.ORGANIZATION_MISMATCH,
+        Reason.INBOX_NOT_ALLOWED,
     )
 )

@@ -28,8 +28,18 @@ REVOKED_KEY = "am_revoked78901234567890123456789012"
 EXPIRED_KEY = "am_expired12345678901234567890123456"
 NO_SCOPE_KEY = "am_noscope12345678901234567890123456"
 UNKNOWN_KEY = "am_doesnotexist0123456789012345678901"
+LIMITED_KEY = "am_limited12345678901234567890123456"  # limited to OTHER_INBOX
 UNKNOWN_INBOX = "inb_doesnotexist00000"
-DEMO_KEYS = (VALID_KEY, WRONG_ORG_KEY, REVOKED_KEY, EXPIRED_KEY, NO_SCOPE_KEY, UNKNOWN_KEY)
+OTHER_INBOX = "inb_other12345678901"
+DEMO_KEYS = (VALID_KEY, WRONG_ORG_KEY, REVOKED_KEY, EXPIRED_KEY, NO_SCOPE_KEY, UNKNOWN_KEY, LIMITED_KEY)
+# Each demo inbox id's address, for the username form AgentMail uses.
+DEMO_ADDRESSES = {
+    VALID_INBOX: VALID_EMAIL,
+    DISABLED_INBOX: "disabled@agentmail.dev",
+    SUSPENDED_INBOX: "suspended@agentmail.dev",
+    OTHER_INBOX: "other@agentmail.dev",
+    UNKNOWN_INBOX: "nobody@agentmail.dev",
+}
 
 INVALID = "535 5.7.8 Authentication credentials invalid"
 INSUFFICIENT = "535 5.7.8 Insufficient permissions"
@@ -56,7 +66,13 @@ SCENARIOS = [
     Scenario(8, DISABLED_INBOX, VALID_KEY, INVALID, "INBOX_DISABLED"),
     Scenario(9, VALID_INBOX, NO_SCOPE_KEY, INSUFFICIENT, "INSUFFICIENT_PERMISSIONS"),
     Scenario(10, "invalid_inbox", VALID_KEY, INVALID, "INVALID_INBOX_FORMAT"),
+    Scenario(11, VALID_INBOX, LIMITED_KEY, INVALID, "INBOX_NOT_ALLOWED"),
 ]
+
+
+def by_address(scenario: Scenario) -> Scenario:
+    """The scenario with the inbox named by its email address instead of its id."""
+    return replace(scenario, username=DEMO_ADDRESSES.get(scenario.username, scenario.username))
 
 
 def b64(data: bytes | str) -> str:
@@ -70,7 +86,7 @@ def secret_markers(keys: tuple[str, ...] | list[str]) -> set[str]:
     for key in keys:
         markers.add(key)
         markers.add(b64(key))
-        for inbox in (VALID_INBOX, UNKNOWN_INBOX, DISABLED_INBOX, "invalid_inbox"):
+        for inbox in (*DEMO_ADDRESSES, *DEMO_ADDRESSES.values(), "invalid_inbox"):
             markers.add(b64(f"\0{inbox}\0{key}"))
     return markers
 

@@ -39,7 +39,7 @@ from django.utils import timezone
 
 from apikeys import keys
 from smtpgateway.auth.reads import fetch_facts, recent_failures
-from smtpgateway.auth.rules import InboxFacts, KeyFacts, Lookup, Outcome, validate, well_formed
+from smtpgateway.auth.rules import InboxFacts, KeyFacts, Lookup, Outcome, lookup_name_if_well_formed, validate
 from smtpgateway.reasons import CREDENTIAL_FAILURES, Reason
 from smtpgateway.storage.jobs import AttemptRecord, AuthJob
 
@@ -221,28 +221,29 @@ class Checker:
         inbox_facts: dict[str, InboxFacts | None] = {}
         missing_keys: set[str] = set()
         missing_inboxes: set[str] = set()
-        for inbox_id, password in texts:
-            if well_formed(inbox_id, password):
+        for username, password in texts:
+            inbox_name = lookup_name_if_well_formed(username, password)
+            if inbox_name is not None:
                 digest = keys.digest_key(password)
                 if digest not in key_facts:
                     hit, facts = self.keys.fresh(digest, clock)
                     key_facts[digest] = facts
                     if not hit:
                         missing_keys.add(digest)
-                if inbox_id not in inbox_facts:
-                    hit, inbox = self.inboxes.fresh(inbox_id, clock)
-                    inbox_facts[inbox_id] = inbox
+                if inbox_name not in inbox_facts:
+                    hit, inbox = self.inboxes.fresh(inbox_name, clock)
+                    inbox_facts[inbox_name] = inbox
                     if not hit:
-                        missing_inboxes.add(inbox_id)
+                        missing_inboxes.add(inbox_name)
         if missing_keys or missing_inboxes:
             found_keys, found_inboxes = fetch_facts(missing_keys, missing_inboxes)
             for digest in missing_keys:
                 key_facts[digest] = found_keys.get(digest)
                 self.keys.store(digest, key_facts[digest], clock)
-            for inbox_id in missing_inboxes:
-                inbox_facts[inbox_id] = found_inboxes.get(inbox_id)
-                self.inboxes.store(inbox_id, inbox_facts[inbox_id], clock)
-        return lambda inbox_id, digest: (key_facts.get(digest), inbox_facts.get(inbox_id))
+            for inbox_name in missing_inboxes:
+                inbox_facts[inbox_name] = found_inboxes.get(inbox_name)
+                self.inboxes.store(inbox_name, inbox_facts[inbox_name], clock)
+        return lambda inbox_name, digest: (key_facts.get(digest), inbox_facts.get(inbox_name))
 
 
 def _record(job: AuthJob, password: str, outcome: Outcome, now: datetime) -> AttemptRecord:

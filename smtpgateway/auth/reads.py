@@ -10,30 +10,61 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connections
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
+from django.db.models.functions import Lower
 
 from apikeys.models import ApiKey
+from inboxes.ids import address_key
 from inboxes.models import Inbox
 from smtpgateway.auth.rules import InboxFacts, KeyFacts
 from smtpgateway.models import AuthAttempt
 from smtpgateway.storage.compiled import CompiledRead
 
 
-def fetch_facts(digests: set[str], inbox_ids: set[str]) -> tuple[dict[str, KeyFacts], dict[str, InboxFacts]]:
-    """The stored keys and inboxes among those asked for: one query for each kind."""
+def fetch_facts(digests: set[str], inbox_names: set[str]) -> tuple[dict[str, KeyFacts], dict[str, InboxFacts]]:
+    """The stored keys and inboxes among those asked for: one query for the keys
+    (and one for the inboxes the found keys are limited to), one for the inboxes.
+    ``inbox_names`` are ``inboxes.ids.inbox_lookup_name`` values: ids and
+    addresses, found by the same query (an address by its lower-cased form, on
+    an index of it; its local part then compared as stored)."""
     found_keys: dict[str, KeyFacts] = {}
     found_inboxes: dict[str, InboxFacts] = {}
     if digests:
-        key_rows = ApiKey.objects.filter(digest__in=digests).values_list(
-            "digest", "id", "organization_id", "revoked_at", "expires_at", "scopes"
+        key_rows = list(
+            ApiKey.objects.filter(digest__in=digests).values_list(
+                "digest", "id", "organization_id", "revoked_at", "expires_at", "scopes"
+            )
         )
+        limits: dict[int, set[int]] = {}
+        if key_rows:
+            allowed = ApiKey.inboxes.through.objects.filter(apikey_id__in=[row[1] for row in key_rows])
+            for key_id, inbox_pk in allowed.values_list("apikey_id", "inbox_id"):
+                limits.setdefault(key_id, set()).add(inbox_pk)
         for digest, key_id, org_id, revoked_at, expires_at, scopes in key_rows:
-            found_keys[digest] = KeyFacts(key_id, org_id, revoked_at is not None, expires_at, tuple(scopes or ()))
-    if inbox_ids:
-        inbox_rows = Inbox.objects.filter(inbox_id__in=inbox_ids).values_list(
-            "id", "inbox_id", "organization_id", "status", "email"
+            found_keys[digest] = KeyFacts(
+                key_id,
+                org_id,
+                revoked_at is not None,
+                expires_at,
+                tuple(scopes or ()),
+                frozenset(limits.get(key_id, ())),
+            )
+    if inbox_names:
+        ids = [name for name in inbox_names if "@" not in name]
+        addresses = [name for name in inbox_names if "@" in name]
+        wanted = Q(inbox_id__in=ids) | Q(email_lower__in=[address.lower() for address in addresses])
+        inbox_rows = (
+            Inbox.objects.annotate(email_lower=Lower("email"))
+            .filter(wanted)
+            .values_list("id", "inbox_id", "organization_id", "status", "email")
         )
-        found_inboxes = {row[1]: InboxFacts(*row) for row in inbox_rows}
+        for row in inbox_rows:
+            facts = InboxFacts(*row)
+            if facts.inbox_id in inbox_names:
+                found_inboxes[facts.inbox_id] = facts
+            address = address_key(facts.email)
+            if address in inbox_names:
+                found_inboxes[address] = facts
     return found_keys, found_inboxes
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from apikeys import keys
 from apikeys.scopes import SMTP_SEND
-from inboxes.ids import INBOX_ID_PATTERN
+from inboxes.ids import inbox_lookup_name
 from inboxes.status import InboxStatus
 from smtpgateway.reasons import Reason
 
@@ -35,6 +35,8 @@ class KeyFacts:
     revoked: bool
     expires_at: datetime | None
     scopes: tuple[str, ...]
+    # The inboxes (primary keys) it is limited to; empty: every inbox of its organization.
+    inboxes: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,17 +61,19 @@ class Outcome:
         return self.reason is Reason.OK
 
 
-# (inbox_id, key digest) -> what exists for each
+# (inbox lookup name: ``inboxes.ids.inbox_lookup_name``, key digest) -> what exists for each
 Lookup = Callable[[str, str], tuple[KeyFacts | None, InboxFacts | None]]
 
 
 def validate(username: str, password: str, lookup: Lookup, now: datetime) -> Outcome:
-    """Apply the checks in order; the first that fails decides the reason."""
-    if INBOX_ID_PATTERN.fullmatch(username) is None:
+    """Apply the checks in order; the first that fails decides the reason. The
+    username is an inbox's id or its email address."""
+    lookup_name = inbox_lookup_name(username)
+    if lookup_name is None:
         return Outcome(Reason.INVALID_INBOX_FORMAT)
     if not keys.is_well_formed(password):
-        return Outcome(Reason.INVALID_API_KEY_FORMAT)
-    key, inbox = lookup(username, keys.digest_key(password))
+        return Outcome(Reason.MALFORMED_KEY if keys.has_bad_checksum(password) else Reason.INVALID_API_KEY_FORMAT)
+    key, inbox = lookup(lookup_name, keys.digest_key(password))
     if key is None:
         return Outcome(Reason.API_KEY_NOT_FOUND, inbox=inbox)
     if key.revoked:
@@ -86,11 +90,14 @@ def validate(username: str, password: str, lookup: Lookup, now: datetime) -> Out
         return Outcome(Reason.INBOX_SUSPENDED, key, inbox)
     if inbox.organization_id != key.organization_id:
         return Outcome(Reason.ORGANIZATION_MISMATCH, key, inbox)
+    if key.inboxes and inbox.id not in key.inboxes:
+        return Outcome(Reason.INBOX_NOT_ALLOWED, key, inbox)
     return Outcome(Reason.OK, key, inbox)
 
 
-def well_formed(username: str, password: str) -> bool:
-    return INBOX_ID_PATTERN.fullmatch(username) is not None and keys.is_well_formed(password)
+def lookup_name_if_well_formed(username: str, password: str) -> str | None:
+    """The inbox lookup name when both formats are valid (then both are looked up), else None."""
+    return inbox_lookup_name(username) if keys.is_well_formed(password) else None
 
 
 @dataclass(frozen=True, slots=True)

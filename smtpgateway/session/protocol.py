@@ -42,7 +42,14 @@ from smtpgateway.session.addresses import parse_path
 from smtpgateway.session.auth_exchange import AUTH_MECHANISMS, AuthExchange
 from smtpgateway.session.body import BodyProblem, read_body
 from smtpgateway.session.host import SessionHost
-from smtpgateway.session.state import UNKNOWN_CLIENT, ClientGone, GatewayEnvelope, GatewaySession, client_address
+from smtpgateway.session.state import (
+    UNKNOWN_CLIENT,
+    ClientGone,
+    GatewayEnvelope,
+    GatewaySession,
+    Overlong,
+    client_address,
+)
 from smtpgateway.storage.jobs import AttemptRecord, AuthJob, RecordsJob
 from smtpgateway.tls import TlsInfo
 
@@ -63,10 +70,13 @@ AIOSMTPD_INIT_ATTRIBUTES = frozenset(
         "hostname", "loop", "require_starttls", "session", "tls_context", "transport",
     }
 )  # fmt: skip
+# The longest line read: an AUTH command or response, CRLF included (RFC 4954
+# section 4, so that a long initial response fits on the command line).
+AUTH_LINE_LIMIT = 12_288
 # RFC 5321 4.5.3.1.4 allows 512 octets per command line; extensions may add to it
 # (SIZE=, BODY=, SMTPUTF8 on MAIL; RFC 4954 allows long AUTH lines).
 COMMAND_SIZE_LIMITS: collections.defaultdict[str, int] = collections.defaultdict(
-    lambda: 512, {"MAIL": 512 + 26 + 14 + 10, "AUTH": 1000}
+    lambda: 512, {"MAIL": 512 + 26 + 14 + 10, "AUTH": AUTH_LINE_LIMIT - 2}
 )
 UNRECOGNIZED_COMMANDS_LIMIT = 5
 PROXY_HEADER_TIMEOUT = 10.0
@@ -282,8 +292,11 @@ class GatewaySMTP(SMTP):
                     # for each reply never gets here.
                     await asyncio.sleep(0)
                 line = await self.read_line()
-                if line is None:
-                    await self.push(replies.LINE_TOO_LONG)
+                if isinstance(line, Overlong):
+                    if line.start[:5].upper() in (b"AUTH ", b"AUTH\r", b"AUTH\n"):
+                        await AuthExchange(self).refuse_overlong(line.start)
+                    else:
+                        await self.push(replies.LINE_TOO_LONG)
                     continue
                 if self.event_handler.shutting_down:
                     await self.close_with(replies.SHUTTING_DOWN)
@@ -373,17 +386,39 @@ class GatewaySMTP(SMTP):
         self._reset_timeout()
         return True
 
-    async def read_line(self) -> bytes | None:
-        """One line without its CRLF, or None if it was over the line limit (then
-        read to its end and dropped). Raises ClientGone at the end of input."""
+    async def read_line(self) -> bytes | Overlong:
+        """One line without its CRLF, up to ``AUTH_LINE_LIMIT`` octets with it, or
+        Overlong if it was longer (then read to its end and dropped). Raises
+        ClientGone at the end of input. The reader's own limit stays at a body
+        line's (it bounds DATA lines too), so a longer line comes in pieces."""
         try:
             line = await self._reader.readuntil(b"\n")
         except asyncio.LimitOverrunError as overrun:
-            await self._discard_line(overrun.consumed)
-            return None
+            return await self._read_long_line(overrun.consumed)
         except asyncio.IncompleteReadError as eof:
             raise ClientGone from eof
         return line.rstrip(b"\r\n")
+
+    async def _read_long_line(self, consumed: int) -> bytes | Overlong:
+        try:
+            pieces = [await self._reader.readexactly(consumed)]
+            size = consumed
+            while size <= AUTH_LINE_LIMIT:
+                try:
+                    piece = await self._reader.readuntil(b"\n")
+                except asyncio.LimitOverrunError as more:
+                    piece = await self._reader.readexactly(more.consumed)
+                    pieces.append(piece)
+                    size += len(piece)
+                    continue
+                if size + len(piece) > AUTH_LINE_LIMIT:
+                    return Overlong(pieces[0][:32])
+                pieces.append(piece)
+                return b"".join(pieces).rstrip(b"\r\n")
+            await self._discard_line(0)
+            return Overlong(pieces[0][:32])
+        except asyncio.IncompleteReadError as eof:
+            raise ClientGone from eof
 
     def _parse(self, line: bytes) -> tuple[str | None, str | None]:
         command_bytes, _, arg_bytes = line.partition(b" ")

@@ -66,6 +66,12 @@ AUTH_NEEDS_EHLO = "503 5.5.1 Error: send EHLO first"
 AUTH_ENCRYPTION_REQUIRED = "538 5.7.11 Encryption required for requested authentication mechanism"
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
 TOO_MANY_AUTH_FAILURES = "421 4.7.0 Too many authentication failures"
+# RFC 4954 section 6: an AUTH command or response line over 12,288 octets.
+AUTH_LINE_TOO_LONG = "500 5.5.6 Authentication Exchange line is too long"
+AUTH_BAD_XOAUTH2 = "501 5.5.2 Can't read the XOAUTH2 response"
+AUTH_BAD_OAUTHBEARER = "501 5.5.2 Can't read the OAUTHBEARER response"
+# RFC 7628 section 3.1: OAUTHBEARER has no channel binding.
+AUTH_NO_CHANNEL_BINDING = "501 5.5.4 Channel binding is not supported"
 
 
 def auth_reply(reason: Reason) -> str:

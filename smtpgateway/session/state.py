@@ -27,6 +27,13 @@ class Identity:
     api_key_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class Overlong:
+    """A line longer than the session reads (then read to its end and dropped)."""
+
+    start: bytes  # its first bytes: enough to tell an AUTH command
+
+
 class GatewayEnvelope(Envelope):
     def __init__(self) -> None:
         super().__init__()

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from smtpgateway.models import AuthAttempt
-from tests.helpers import VALID_INBOX, VALID_KEY, LiveGateway, Wire, b64
+from tests.helpers import VALID_INBOX, VALID_KEY, GatewayFactory, LiveGateway, Wire, b64
 
 
 def ehlo(gateway: LiveGateway) -> Wire:
@@ -181,13 +181,29 @@ def test_key_pasted_as_username_is_withheld(gateway: LiveGateway) -> None:
     assert attempt.username == "am_validke… (withheld: looks like an API key)"
 
 
-def test_overlong_auth_response_line(gateway: LiveGateway) -> None:
+def test_auth_lines_may_be_12288_octets_and_no_more(gateway_factory: GatewayFactory, scenarios: None) -> None:
+    """RFC 4954 section 4: the command and the responses alike, CRLF included.
+    A 3,000-character username is then an ordinary failure, recorded."""
+    gateway = gateway_factory(auth_max_failures=0, auth_failure_delay=0)
     wire = ehlo(gateway)
-    wire.command("AUTH PLAIN")
-    assert wire.command("A" * 5000) == "500 5.5.2 Line too long"
+    long_user = "u" * 3000
+    assert wire.command("AUTH PLAIN " + b64(f"\0{long_user}\0{VALID_KEY}")) == (
+        "535 5.7.8 Authentication credentials invalid"
+    )
+    most = "AUTH PLAIN " + "A" * 12_272 + "   "  # 12,288 octets with the CRLF (spaces are ignored)
+    assert len(most) + 2 == 12_288
+    assert wire.command(most) == "501 5.5.2 Can't split auth value"  # read whole, then judged
+    assert wire.command(most + " ") == "500 5.5.6 Authentication Exchange line is too long"
+    assert wire.command("AUTH PLAIN") == "334 "
+    assert wire.command("A" * 12_287) == "500 5.5.6 Authentication Exchange line is too long"
+    assert wire.command("AUTH LOGIN") == "334 " + b64("Username:")
+    assert wire.command("A" * 50_000) == "500 5.5.6 Authentication Exchange line is too long"
+    assert wire.command("NOOP") == "250 2.0.0 OK"  # the session goes on
+    assert wire.command("NOOP " + "x" * 2000) == "500 5.5.2 Line too long"  # other commands: 512
     gateway.settle()
-    assert AuthAttempt.objects.get().reason == "MALFORMED"
-    assert wire.command("NOOP") == "250 2.0.0 OK"
+    attempts = list(AuthAttempt.objects.order_by("id").values_list("reason", "username"))
+    assert [reason for reason, _ in attempts] == ["INVALID_INBOX_FORMAT", *["MALFORMED"] * 4]
+    assert attempts[0][1].startswith("uuuu")  # as given, truncated for the column
 
 
 def test_client_vanishing_mid_auth_is_recorded(gateway: LiveGateway) -> None:

@@ -22,7 +22,7 @@ def test_ehlo_advertises_the_extensions(gateway: LiveGateway) -> None:
         "8BITMIME",
         "SMTPUTF8",
         "PIPELINING",
-        "AUTH PLAIN LOGIN",
+        "AUTH PLAIN LOGIN XOAUTH2 OAUTHBEARER",
         "ENHANCEDSTATUSCODES",
     ]
     assert all(line.startswith("250-") for line in lines[:-1]) and lines[-1].startswith("250 ")

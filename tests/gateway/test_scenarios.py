@@ -10,12 +10,17 @@ from apikeys.models import ApiKey
 from inboxes.models import Inbox
 from smtpgateway.models import AuthAttempt
 from smtpgateway.storage.commits import LAST_USED_RESOLUTION
-from tests.helpers import SCENARIOS, VALID_KEY, LiveGateway, Scenario, auth
+from tests.helpers import SCENARIOS, VALID_KEY, LiveGateway, Scenario, auth, by_address
 
 
+@pytest.mark.parametrize("form", ["id", "address"])
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[f"scenario{s.number}" for s in SCENARIOS])
-def test_scenario(gateway: LiveGateway, scenario: Scenario, mechanism: str) -> None:
+def test_scenario(gateway: LiveGateway, scenario: Scenario, mechanism: str, form: str) -> None:
+    """Each scenario with the inbox named by its id and by its email address
+    (AgentMail's form): the same reply, the same reason, the username as given."""
+    if form == "address":
+        scenario = by_address(scenario)
     with gateway.smtp() as client:
         code, reply = auth(client, mechanism, scenario.username, scenario.password)
 

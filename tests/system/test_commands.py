@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ from inboxes.models import Inbox, Organization
 from smtpgateway.models import AuthAttempt
 from smtpgateway.runtime.server import CannotListen
 from tests.helpers import (
-    DEMO_KEYS,
     UNKNOWN_KEY,
     VALID_INBOX,
     LiveGateway,
@@ -36,25 +34,14 @@ from tests.helpers import (
     database_url,
     eventually,
     free_port,
-    secret_markers,
 )
 from tests.runsmtp import NO_TLS, ROOT, RunSmtp
-
-
-@pytest.fixture
-def runsmtp(scenarios: None, leak_guard: None) -> Iterator[RunSmtp]:
-    server = RunSmtp()
-    yield server
-    if server.process.poll() is None:
-        server.stop()
-    output = server.output
-    assert not [marker for marker in secret_markers(DEMO_KEYS) if marker in output], "a secret in runsmtp's output"
 
 
 def test_runsmtp_banner_and_clean_stop_on_sigterm(runsmtp: RunSmtp) -> None:
     banner = "\n".join(runsmtp.banner)
     assert f"agentmail-smtp listening on 127.0.0.1:{runsmtp.port}" in banner
-    assert "AUTH:      PLAIN LOGIN, plaintext allowed (SMTP_AUTH_REQUIRE_TLS is off: demo only)" in banner
+    assert "AUTH:      PLAIN LOGIN XOAUTH2 OAUTHBEARER, plaintext allowed (SMTP_AUTH_REQUIRE_TLS is off: demo only)" in banner
     assert "TLS:" in banner and "database:" in banner
     with socket.create_connection(("127.0.0.1", runsmtp.port), timeout=5) as sock:
         assert sock.recv(100).startswith(b"220 ")
@@ -69,18 +56,20 @@ def test_runsmtp_stops_on_sigint(runsmtp: RunSmtp) -> None:
 
 
 @pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed (.ci/run installs it)")
-@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
-def test_scenario_script_with_swaks(runsmtp: RunSmtp, mechanism: str) -> None:
+@pytest.mark.parametrize(("mechanism", "form"), [("PLAIN", "id"), ("LOGIN", "id"), ("PLAIN", "address")])
+def test_scenario_script_with_swaks(runsmtp: RunSmtp, mechanism: str, form: str) -> None:
     result = subprocess.run(
         [str(ROOT / "tests" / "test-scenarios.sh"), "all"],
-        env={**os.environ, "SMTP_PORT": str(runsmtp.port), "AUTH_MECH": mechanism},
+        env={**os.environ, "SMTP_PORT": str(runsmtp.port), "AUTH_MECH": mechanism, "USERNAME_FORM": form},
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count(" PASS ") == 10 and "10 passed, 0 failed" in result.stdout
-    eventually(lambda: AuthAttempt.objects.count() == 10)
+    assert result.stdout.count(" PASS ") == 11 and "11 passed, 0 failed" in result.stdout
+    eventually(lambda: AuthAttempt.objects.count() == 11)
+    if form == "address":
+        assert AuthAttempt.objects.filter(username="test@agentmail.dev", reason="OK", inbox__isnull=False).exists()
     # The seed demo's success command, end to end: 235 then 250 queued.
     sent = subprocess.run(
         [
@@ -119,7 +108,7 @@ def test_demo_never_locks_itself_out(runsmtp: RunSmtp) -> None:
             text=True,
             timeout=120,
         )
-        assert "10 passed, 0 failed" in result.stdout, result.stdout
+        assert "11 passed, 0 failed" in result.stdout, result.stdout
     assert AuthAttempt.objects.filter(reason="RATE_LIMITED").count() == 0
 
 
@@ -140,7 +129,7 @@ def test_production_defaults_throttle_loopback(scenarios: None, leak_guard: None
         ]
     finally:
         server.stop()
-    assert "10 passed, 0 failed" in runs[0].stdout  # 9 failures: under the limit of 10
+    assert "11 passed, 0 failed" in runs[0].stdout  # 10 failures: the 10th still checked
     assert "454 4.7.0 Temporary authentication failure" in runs[1].stdout
     assert AuthAttempt.objects.filter(reason="RATE_LIMITED").exists()
 
@@ -245,7 +234,7 @@ def test_createapikey_prints_a_working_key_once(
     )
     plaintext = out.getvalue().strip()
     extra_secrets.append(plaintext)
-    assert plaintext.startswith("am_") and len(plaintext) == 43
+    assert plaintext.startswith("amk_") and len(plaintext) == 46
     assert "only time" in err.getvalue() and plaintext not in err.getvalue()
     api_key = ApiKey.objects.get(name="cli")
     assert api_key.expires_at is not None and api_key.scopes == ["smtp:send"]
@@ -283,7 +272,7 @@ def test_runsmtp_names_a_setting_out_of_range(settings: Any, setting: str, value
 def test_loading_the_fixture_twice_is_harmless(scenarios: None) -> None:
     counts = (Organization.objects.count(), Inbox.objects.count(), ApiKey.objects.count())
     call_command("loaddata", "scenarios", verbosity=0)
-    assert (Organization.objects.count(), Inbox.objects.count(), ApiKey.objects.count()) == counts == (2, 3, 5)
+    assert (Organization.objects.count(), Inbox.objects.count(), ApiKey.objects.count()) == counts == (2, 4, 6)
 
 
 def test_runsmtp_raises_a_low_soft_limit_on_open_files(scenarios: None) -> None:

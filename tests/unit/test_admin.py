@@ -43,11 +43,11 @@ def test_creating_a_key_shows_the_plaintext_once(admin_client, leak_guard, extra
     )
     assert response.status_code == 200
     assert "no-store" in response["Cache-Control"]
-    shown = re.search(rb'id="api-key-plaintext"[^>]*>(am_[A-Za-z0-9]+)<', response.content)
+    shown = re.search(rb'id="api-key-plaintext"[^>]*>(amk_[A-Za-z0-9]+)<', response.content)
     assert shown is not None
     plaintext = shown.group(1).decode()
     extra_secrets.append(plaintext)
-    assert keys.is_well_formed(plaintext) and len(plaintext) == 43
+    assert keys.is_well_formed(plaintext) and len(plaintext) == 46
 
     api_key = ApiKey.objects.get(name="ci agent")
     assert api_key.digest == keys.digest_key(plaintext) and api_key.prefix == plaintext[:10]
@@ -80,7 +80,11 @@ def test_key_list_shows_state_and_revoke_action(admin_client) -> None:  # type: 
 
 @pytest.mark.parametrize(
     ("state", "prefixes"),
-    [("active", {"am_validke", "am_wrongor", "am_noscope"}), ("revoked", {"am_revoked"}), ("expired", {"am_expired"})],
+    [
+        ("active", {"am_validke", "am_wrongor", "am_noscope", "am_limited"}),
+        ("revoked", {"am_revoked"}),
+        ("expired", {"am_expired"}),
+    ],
 )
 def test_key_state_filter(admin_client, state: str, prefixes: set[str]) -> None:  # type: ignore[no-untyped-def]
     response = admin_client.get(reverse("admin:apikeys_apikey_changelist"), {"state": state})
@@ -319,3 +323,23 @@ def test_foreign_key_reads_use_the_partial_indexes(admin_client) -> None:  # typ
             if connection.vendor == "postgresql":
                 cursor.execute("RESET enable_seqscan")
     assert not AuthAttempt.objects.filter(inbox__isnull=False).exists()  # the deletes did their work
+
+
+def test_a_key_is_limited_to_inboxes_of_its_own_organization(admin_client, leak_guard, extra_secrets) -> None:  # type: ignore[no-untyped-def]
+    org = Organization.objects.get(public_id="org_abc")
+    own = Inbox.objects.get(inbox_id="inb_other12345678901")
+    foreign = Inbox.objects.create(
+        inbox_id="inb_xyzinbox12345678", organization=Organization.objects.get(public_id="org_xyz"), email="x@xyz.test"
+    )
+    form = {"organization": org.pk, "name": "limited", "scopes": ["smtp:send"], "expires_at_0": "", "expires_at_1": ""}
+    refused = admin_client.post(reverse("admin:apikeys_apikey_add"), {**form, "inboxes": [foreign.pk]})
+    assert refused.status_code == 200 and "Not inboxes of org_abc: inb_xyzinbox12345678" in refused.content.decode()
+    assert not ApiKey.objects.filter(name="limited").exists()
+    created = admin_client.post(reverse("admin:apikeys_apikey_add"), {**form, "inboxes": [own.pk]})
+    shown = re.search(rb'id="api-key-plaintext"[^>]*>(amk_[A-Za-z0-9]+)<', created.content)
+    assert shown is not None
+    extra_secrets.append(shown.group(1).decode())
+    api_key = ApiKey.objects.get(name="limited")
+    assert list(api_key.inboxes.all()) == [own]
+    change = admin_client.get(reverse("admin:apikeys_apikey_change", args=[api_key.pk])).content.decode()
+    assert "inb_other12345678901" in change and "inb_xyzinbox12345678" not in change  # only its organization's

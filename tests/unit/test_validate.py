@@ -6,13 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from apikeys.keys import digest_key
+from apikeys.keys import digest_key, generate_key
 from smtpgateway.auth.rules import InboxFacts, KeyFacts, validate
 from smtpgateway.reasons import Reason
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 INBOX = "inb_valid1234567890"
 KEY = "am_" + "k" * 40
+CHECKSUMMED = generate_key()
 GOOD_KEY = KeyFacts(id=1, organization_id=10, revoked=False, expires_at=None, scopes=("smtp:send",))
 GOOD_INBOX = InboxFacts(id=2, inbox_id=INBOX, organization_id=10, status="active", email="a@b.c")
 
@@ -57,6 +58,13 @@ def test_success() -> None:
         ({"inbox": InboxFacts(2, INBOX, 10, "disabled", "a@b.c")}, Reason.INBOX_DISABLED),
         ({"inbox": InboxFacts(2, INBOX, 10, "suspended", "a@b.c")}, Reason.INBOX_SUSPENDED),
         ({"inbox": InboxFacts(2, INBOX, 11, "active", "a@b.c")}, Reason.ORGANIZATION_MISMATCH),
+        ({"key": KeyFacts(1, 10, False, None, ("smtp:send",), frozenset({3}))}, Reason.INBOX_NOT_ALLOWED),
+        ({"key": KeyFacts(1, 10, False, None, ("smtp:send",), frozenset({2, 3}))}, Reason.OK),
+        ({"username": "a@b.c"}, Reason.OK),
+        ({"username": "a b@b.c"}, Reason.INVALID_INBOX_FORMAT),
+        ({"username": "@b.c"}, Reason.INVALID_INBOX_FORMAT),
+        ({"password": CHECKSUMMED[:-1] + ("A" if CHECKSUMMED[-1] != "A" else "B")}, Reason.MALFORMED_KEY),
+        ({"password": CHECKSUMMED}, Reason.OK),
     ],
 )
 def test_each_check(kwargs: dict, reason: Reason) -> None:  # type: ignore[type-arg]
@@ -81,4 +89,24 @@ def test_format_failures_do_not_touch_the_lookup() -> None:
     lookup, calls = lookup_of(GOOD_KEY, GOOD_INBOX)
     validate("nope", KEY, lookup, NOW)
     validate(INBOX, "nope", lookup, NOW)
+    assert calls == []
+
+
+def test_an_address_is_looked_up_with_its_domain_in_lower_case() -> None:
+    lookup, calls = lookup_of(GOOD_KEY, GOOD_INBOX)
+    assert validate("Agent.Smith@AgentMail.DEV", KEY, lookup, NOW).success
+    assert calls == [("Agent.Smith@agentmail.dev", digest_key(KEY))]  # the local part as given
+
+
+def test_the_inbox_limit_comes_after_the_organization_match() -> None:
+    limited = KeyFacts(1, 10, False, None, ("smtp:send",), frozenset({3}))
+    assert run(key=limited, inbox=InboxFacts(2, INBOX, 11, "active", "a@b.c")) is Reason.ORGANIZATION_MISMATCH
+    assert run(key=limited, inbox=InboxFacts(2, INBOX, 10, "disabled", "a@b.c")) is Reason.INBOX_DISABLED
+
+
+def test_a_bad_checksum_is_refused_before_the_lookup() -> None:
+    lookup, calls = lookup_of(GOOD_KEY, GOOD_INBOX)
+    assert validate(INBOX, CHECKSUMMED[:-1] + "!", lookup, NOW).reason is Reason.INVALID_API_KEY_FORMAT
+    wrong = CHECKSUMMED[:5] + ("x" if CHECKSUMMED[5] != "x" else "y") + CHECKSUMMED[6:]
+    assert validate(INBOX, wrong, lookup, NOW).reason is Reason.MALFORMED_KEY
     assert calls == []
