@@ -41,7 +41,10 @@ from tests.runsmtp import NO_TLS, ROOT, RunSmtp
 def test_runsmtp_banner_and_clean_stop_on_sigterm(runsmtp: RunSmtp) -> None:
     banner = "\n".join(runsmtp.banner)
     assert f"agentmail-smtp listening on 127.0.0.1:{runsmtp.port}" in banner
-    assert "AUTH:      PLAIN LOGIN XOAUTH2 OAUTHBEARER, plaintext allowed (SMTP_AUTH_REQUIRE_TLS is off: demo only)" in banner
+    assert (
+        "AUTH:      PLAIN LOGIN XOAUTH2 OAUTHBEARER, plaintext allowed (SMTP_AUTH_REQUIRE_TLS is off: demo only)"
+        in banner
+    )
     assert "TLS:" in banner and "database:" in banner
     with socket.create_connection(("127.0.0.1", runsmtp.port), timeout=5) as sock:
         assert sock.recv(100).startswith(b"220 ")
