@@ -133,6 +133,9 @@ SMTP_PORT: int = env.int("SMTP_PORT", default=2525)
 SMTP_HOSTNAME: str = env.str("SMTP_HOSTNAME", default=socket.gethostname())
 SMTP_MAX_MESSAGE_SIZE: int = env.int("SMTP_MAX_MESSAGE_SIZE", default=10 * 1024 * 1024)
 SMTP_MAX_RECIPIENTS: int = env.int("SMTP_MAX_RECIPIENTS", default=100)
+# Recipients per rolling 24 hours for an inbox, and for an organization, whose
+# own daily_recipient_limit is empty; 0: no limit (docs/configuration.md).
+SMTP_DAILY_RECIPIENT_LIMIT: int = env.int("SMTP_DAILY_RECIPIENT_LIMIT", default=0)
 # Bytes of message bodies a gateway process holds in memory at once, over all
 # sessions; past it a body gets 452 4.3.1 (try again later). 0: no limit.
 SMTP_MAX_BUFFERED_DATA: int = env.int("SMTP_MAX_BUFFERED_DATA", default=256 * 1024 * 1024)

@@ -5,21 +5,40 @@ from __future__ import annotations
 from typing import ClassVar
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from agentmail_site.admin_lookups import CheckedChangeList, CheckedLookupsAdmin
 from inboxes.models import Inbox, Message, Organization
+from smtpgateway.storage.sending_limits import counted, usage
+
+
+def _limit_text(limit: int | None, used: int) -> str:
+    """``used`` against a daily limit as the gateway applies it (empty: the setting)."""
+    effective = settings.SMTP_DAILY_RECIPIENT_LIMIT if limit is None else limit
+    source = " (the setting SMTP_DAILY_RECIPIENT_LIMIT)" if limit is None else ""
+    if not effective:
+        return f"{used} recipients in the last 24 hours; no limit{source}"
+    return f"{used} of {effective} recipients in the last 24 hours{source}"
 
 
 @admin.register(Organization)
 class OrganizationAdmin(CheckedLookupsAdmin[Organization]):
-    list_display = ("public_id", "name", "created_at")
+    list_display = ("public_id", "name", "daily_recipient_limit", "created_at")
     search_fields = ("public_id", "name")
-    readonly_fields = ("created_at",)
+    readonly_fields = ("sending_today", "created_at")
+
+    @admin.display(description="sent in the last 24 hours")
+    def sending_today(self, organization: Organization) -> str:
+        if organization.pk is None:
+            return "-"
+        used = counted(0, organization.pk, timezone.now(), inbox=False)[1]
+        return _limit_text(organization.daily_recipient_limit, used)
 
 
 def _status_action(status: Inbox.Status, verb: str):  # type: ignore[no-untyped-def]
@@ -38,12 +57,25 @@ class InboxAdmin(CheckedLookupsAdmin[Inbox]):
     list_filter = ("status", "organization")
     list_select_related = ("organization",)
     search_fields = ("inbox_id", "email", "display_name")
-    readonly_fields = ("created_at",)
+    readonly_fields = ("sending_today", "created_at")
     actions = [
         _status_action(Inbox.Status.ACTIVE, "Enable"),
         _status_action(Inbox.Status.DISABLED, "Disable"),
         _status_action(Inbox.Status.SUSPENDED, "Suspend"),
     ]
+
+    @admin.display(description="sent in the last 24 hours")
+    def sending_today(self, inbox: Inbox) -> str:
+        """Its usage against its own limit and its organization's (smtpgateway.storage.sending_limits)."""
+        if inbox.pk is None:
+            return "-"
+        used, organization_used = usage(inbox, timezone.now())
+        return format_html(
+            "{}<br>organization {}: {}",
+            _limit_text(inbox.daily_recipient_limit, used),
+            inbox.organization.public_id,
+            _limit_text(inbox.organization.daily_recipient_limit, organization_used),
+        )
 
 
 class MessageChangeList(CheckedChangeList):

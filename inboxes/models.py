@@ -18,6 +18,12 @@ class Organization(models.Model):
         help_text="Public identifier such as org_abc.",
     )
     name = models.CharField(max_length=200)
+    daily_recipient_limit = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Recipients its inboxes may send to, together, in any 24 hours. "
+        "Empty: the setting SMTP_DAILY_RECIPIENT_LIMIT; 0: no limit.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -51,6 +57,11 @@ class Inbox(models.Model):
         default=Status.ACTIVE,
         db_index=True,
         help_text="Only active inboxes can authenticate.",
+    )
+    daily_recipient_limit = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Recipients it may send to in any 24 hours. Empty: the setting SMTP_DAILY_RECIPIENT_LIMIT; 0: no limit.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -96,6 +107,33 @@ class Message(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [
+            # An inbox's recipients of the last 24 hours (inboxes.sending_limits).
+            models.Index(fields=["inbox", "created_at"], name="message_inbox_created"),
+        ]
 
     def __str__(self) -> str:
         return self.queue_id
+
+
+class RecipientHold(models.Model):
+    """A recipient accepted by RCPT whose message is not committed yet: it counts
+    toward the daily limits until the message is (its ``Recipient`` row then
+    counts instead, in the same transaction) or the transaction ends without it.
+    ``expires_at`` bounds what a process that died with the hold leaves behind."""
+
+    # Indexed by the two indexes below, which start with these columns.
+    inbox = models.ForeignKey(Inbox, on_delete=models.CASCADE, related_name="+", db_index=False)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+", db_index=False)
+    session_id = models.CharField(max_length=32)
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["inbox", "expires_at"], name="hold_inbox_expires"),
+            models.Index(fields=["organization", "expires_at"], name="hold_organization_expires"),
+        ]
+
+    def __str__(self) -> str:
+        return f"hold for {self.inbox_id} until {self.expires_at:%Y-%m-%d %H:%M:%S}"

@@ -50,6 +50,9 @@ class GatewayConfig:
     # port is shared with other processes (SO_REUSEPORT).
     proxy_protocol: bool = False
     reuse_port: bool = False
+    # Recipients an inbox, and an organization, may send to per 24 hours, where
+    # its own field is empty (0: no limit).
+    daily_recipient_limit: int = 0
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> GatewayConfig:
@@ -62,6 +65,7 @@ class GatewayConfig:
             hostname=settings.SMTP_HOSTNAME,
             max_message_size=settings.SMTP_MAX_MESSAGE_SIZE,
             max_recipients=settings.SMTP_MAX_RECIPIENTS,
+            daily_recipient_limit=settings.SMTP_DAILY_RECIPIENT_LIMIT,
             auth_require_tls=settings.SMTP_AUTH_REQUIRE_TLS,
             committers=settings.SMTP_DB_WORKERS,
             backlog=settings.SMTP_LISTEN_BACKLOG,

@@ -56,7 +56,15 @@ def fetch_facts(digests: set[str], inbox_names: set[str]) -> tuple[dict[str, Key
         inbox_rows = (
             Inbox.objects.annotate(email_lower=Lower("email"))
             .filter(wanted)
-            .values_list("id", "inbox_id", "organization_id", "status", "email")
+            .values_list(
+                "id",
+                "inbox_id",
+                "organization_id",
+                "status",
+                "email",
+                "daily_recipient_limit",
+                "organization__daily_recipient_limit",
+            )
         )
         for row in inbox_rows:
             facts = InboxFacts(*row)

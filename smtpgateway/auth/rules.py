@@ -48,6 +48,9 @@ class InboxFacts:
     organization_id: int
     status: str
     email: str
+    # Recipients per 24 hours (None: the setting's default; 0: none).
+    daily_recipient_limit: int | None = None
+    organization_daily_recipient_limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

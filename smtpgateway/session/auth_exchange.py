@@ -147,8 +147,16 @@ class AuthExchange:
             return
         assert outcome.inbox is not None and outcome.key is not None
         session.authenticated = True
+        default_limit = self.smtp.config.daily_recipient_limit
+        inbox, organization_limit = outcome.inbox, outcome.inbox.organization_daily_recipient_limit
         session.identity = Identity(
-            outcome.inbox.id, outcome.inbox.inbox_id, outcome.inbox.email, outcome.inbox.organization_id, outcome.key.id
+            inbox.id,
+            inbox.inbox_id,
+            inbox.email,
+            inbox.organization_id,
+            outcome.key.id,
+            inbox_recipient_limit=default_limit if inbox.daily_recipient_limit is None else inbox.daily_recipient_limit,
+            organization_recipient_limit=default_limit if organization_limit is None else organization_limit,
         )
         log.info("Auth succeeded: inbox %s (session %s)", outcome.inbox.inbox_id, session.session_id)
         await self.smtp.push(reply)

@@ -17,7 +17,7 @@ from smtpgateway.session.body import BodyBudget, inbox_share
 from smtpgateway.session.host import DatabaseJobs, LiveSession
 from smtpgateway.session.protocol import GatewaySMTP
 from smtpgateway.session.state import GatewayEnvelope, GatewaySession
-from smtpgateway.storage.jobs import NOT_STORED, AuthorRefused, StoreJob, Submission
+from smtpgateway.storage.jobs import NOT_STORED, AuthorRefused, Held, HoldJob, LimitReached, StoreJob, Submission
 
 log = logging.getLogger("smtpgateway.server")
 
@@ -100,10 +100,46 @@ class GatewayHandler:
             return replies.RECIPIENT_OK
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
+        refusal = await self._hold(session, envelope)
+        if refusal is not None:
+            return refusal
         envelope.mailboxes.add(mailbox)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return replies.RECIPIENT_OK
+
+    async def _hold(self, session: GatewaySession, envelope: GatewayEnvelope) -> str | None:
+        """Room for one more recipient under the daily limits, held in the
+        database; or the reply that refuses it. No limit: no database work."""
+        identity = session.identity
+        assert identity is not None
+        if not (identity.inbox_recipient_limit or identity.organization_recipient_limit):
+            return None
+        result = await self.db.commit(
+            HoldJob(
+                identity.inbox_pk,
+                identity.organization_id,
+                identity.inbox_recipient_limit,
+                identity.organization_recipient_limit,
+                session.session_id,
+                released=tuple(session.released_holds),
+            )
+        )
+        session.released_holds.clear()
+        if isinstance(result, Held):
+            envelope.hold_ids.append(result.hold_id)
+            return None
+        if isinstance(result, LimitReached):
+            log.warning(
+                "Recipient refused: the daily limit of %d for its %s is reached (inbox %s, session %s)",
+                result.limit,
+                result.scope,
+                identity.inbox_id,
+                session.session_id,
+            )
+            return replies.daily_limit_reached(result.scope, result.limit, result.retry_after)
+        log.error("Recipient not held: database unavailable (session %s); answered 451", session.session_id)
+        return replies.RECIPIENT_NOT_HELD
 
     async def handle_DATA(self, server: GatewaySMTP, session: GatewaySession, envelope: GatewayEnvelope) -> str:
         identity = session.identity
@@ -120,8 +156,11 @@ class GatewayHandler:
             content=envelope.original_content or b"",
             author=identity.email,
             session_id=session.session_id,
+            hold_ids=tuple(envelope.hold_ids),
         )
         queue_id = await self.db.commit(StoreJob(submission))
+        if queue_id is not NOT_STORED:
+            envelope.hold_ids.clear()  # gone with that commit (stored or refused)
         if queue_id is NOT_STORED:  # the storage layer has logged why
             log.error("Message not stored (session %s); answered 451", session.session_id)
             return replies.STORE_TEMPORARY_FAILURE

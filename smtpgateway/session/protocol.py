@@ -50,7 +50,7 @@ from smtpgateway.session.state import (
     Overlong,
     client_address,
 )
-from smtpgateway.storage.jobs import AttemptRecord, AuthJob, RecordsJob
+from smtpgateway.storage.jobs import AttemptRecord, AuthJob, RecordsJob, ReleaseJob
 from smtpgateway.tls import TlsInfo
 
 log = logging.getLogger("smtpgateway.server")
@@ -159,7 +159,18 @@ class GatewaySMTP(SMTP):
 
     @override
     def _create_envelope(self) -> GatewayEnvelope:
+        # Every end of a mail transaction comes here (RSET, EHLO, after DATA):
+        # holds its recipients took for a message not stored are given back.
+        self._release_holds()
         return GatewayEnvelope()
+
+    def _release_holds(self) -> None:
+        envelope = self.envelope
+        if isinstance(envelope, GatewayEnvelope) and envelope.hold_ids:
+            self.event_handler.db.submit(ReleaseJob(tuple(envelope.hold_ids)))
+            if isinstance(self.session, GatewaySession):
+                self.session.released_holds.extend(envelope.hold_ids)
+            envelope.hold_ids.clear()
 
     def gateway_session(self) -> GatewaySession:
         """The session, typed as ours (None only before connection_made)."""
@@ -204,6 +215,7 @@ class GatewaySMTP(SMTP):
         if self._refused:
             return
         self._lost = True
+        self._release_holds()
         if self._counted:
             self._counted = False
             self.event_handler.connections.release(self._admitted)

@@ -94,6 +94,19 @@ RECIPIENT_WITHOUT_DOMAIN = "553 5.1.3 Recipient address must name a domain"
 # RFC 6531 3.5: an address beyond ASCII needs SMTPUTF8 on MAIL (Postfix words it so).
 UNDECLARED_SMTPUTF8 = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+RECIPIENT_NOT_HELD = "451 4.3.0 Temporary failure, recipient not accepted, try again later"
+
+
+def daily_limit_reached(scope: str, limit: int, retry_after: float) -> str:
+    """A RCPT over the daily recipient limit: temporary (450 4.7.1), since the
+    window rolls: room comes back within the day, and says when."""
+    minutes = max(1, int(-(-retry_after // 60)))
+    return (
+        f"450 4.7.1 Daily recipient limit of {limit} reached for this {scope}; "
+        f"try again in {minutes} minute{'s' if minutes != 1 else ''}"
+    )
+
+
 MESSAGE_TOO_LARGE = "552 5.2.3 Message too large"
 # The bodies in memory over all sessions reached SMTP_MAX_BUFFERED_DATA (RFC 5321
 # 452: insufficient system storage; RFC 3463 4.3.1: mail system full).

@@ -25,6 +25,9 @@ class Identity:
     email: str
     organization_id: int
     api_key_id: int
+    # Recipients per 24 hours, as of the AUTH (0: none).
+    inbox_recipient_limit: int = 0
+    organization_recipient_limit: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +42,8 @@ class GatewayEnvelope(Envelope):
         super().__init__()
         # The recipients so far, domain in lower case: to keep each mailbox once.
         self.mailboxes: set[str] = set()
+        # The daily-limit holds its recipients took (smtpgateway.storage.sending_limits).
+        self.hold_ids: list[int] = []
 
 
 class GatewaySession(Session):
@@ -48,6 +53,8 @@ class GatewaySession(Session):
         self.identity: Identity | None = None
         self.tls: TlsInfo | None = None
         self.auth_failures = 0
+        # Holds given back (ReleaseJob) that the next HoldJob deletes again first.
+        self.released_holds: list[int] = []
         # The client as the limits see it (exempt or not, the network counted),
         # set once its address is known, before the first command.
         self.client = UNKNOWN_CLIENT

@@ -28,20 +28,35 @@ from datetime import datetime, timedelta
 
 from django.db import DatabaseError, DataError, IntegrityError, transaction
 from django.db.models import Q
+from django.utils import timezone
 
 from apikeys.models import ApiKey
 from smtpgateway.auth.checker import PendingFailures
 from smtpgateway.models import AuthAttempt
 from smtpgateway.storage.inserts import insert_rows
-from smtpgateway.storage.jobs import NOT_STORED, AttemptRecord, AuthorRefused, Job, RecordsJob, StoreJob
+from smtpgateway.storage.jobs import (
+    NOT_STORED,
+    AttemptRecord,
+    AuthorRefused,
+    Held,
+    HoldJob,
+    Job,
+    LimitReached,
+    RecordsJob,
+    ReleaseJob,
+    StoreJob,
+)
 from smtpgateway.storage.message_inserts import NewMessage, insert_messages
 from smtpgateway.storage.messages import message_row
 from smtpgateway.storage.records import recorder
+from smtpgateway.storage.sending_limits import release, take_hold
 
 log = logging.getLogger(__name__)
 
 
-Result = str | AuthorRefused | None  # a StoreJob's queue id, refusal or NOT_STORED; None for the others
+# A StoreJob's queue id, refusal or NOT_STORED; a HoldJob's Held or LimitReached
+# (None: not reached); None for the others.
+Result = str | AuthorRefused | Held | LimitReached | None
 
 # ApiKey.last_used_at is kept to this resolution: a key in use is written about
 # once a second, not by every commit. On PostgreSQL the committers used to queue
@@ -140,17 +155,29 @@ def _commit_batch(
     results: list[Result] = []
     records: list[AttemptRecord] = []
     messages: list[NewMessage] = []
+    holds: list[tuple[int, HoldJob]] = []  # (index in results, job)
+    given_back: list[int] = []  # ReleaseJob's, and those HoldJobs carry
+    stored_holds: list[int] = []  # StoreJob's
     for job in jobs:
         if isinstance(job, RecordsJob):
             records.extend(job.records)
             results.append(None)
         elif isinstance(job, StoreJob):
+            # Its holds go, stored or refused: stored, its Recipient rows count instead.
+            stored_holds.extend(job.submission.hold_ids)
             message = message_row(job.submission)
             if isinstance(message, AuthorRefused):
                 results.append(message)
                 continue
             messages.append(message)
             results.append(message.row.queue_id)
+        elif isinstance(job, HoldJob):
+            holds.append((len(results), job))
+            given_back.extend(job.released)
+            results.append(None)
+        elif isinstance(job, ReleaseJob):
+            given_back.extend(job.hold_ids)
+            results.append(None)
         else:
             results.append(None)
 
@@ -158,12 +185,22 @@ def _commit_batch(
     # One time for all of them: uses in one commit are milliseconds apart.
     newest = max(due.values(), default=None)
     with transaction.atomic():
+        # Holds first: on SQLite the first one's INSERT takes the write lock
+        # before anything is counted (smtpgateway.storage.sending_limits).
+        # Holds given back go before any is counted; a stored message's holds go
+        # only with its Recipient rows (then always one of the two is counted).
+        release(tuple(given_back))
+        if holds:
+            now = timezone.now()
+            for index, hold in holds:
+                results[index] = take_hold(hold, now)
         if kept or records:
             insert_attempts(kept + records)
         if newest is not None:
             _write_last_used(due.keys(), newest)
         if messages:
             insert_messages(messages)
+        release(tuple(stored_holds))
     if newest is not None:
         last_used.written(due.keys(), newest)
     pending.forget(kept + records)

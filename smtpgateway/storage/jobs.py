@@ -98,6 +98,9 @@ class Submission:
     content: bytes | bytearray  # the DATA buffer itself (smtpgateway.session.body), not a copy
     author: str = ""  # the inbox's address: the only one From: and Sender: may name
     session_id: str = ""  # the SMTP session, linking the message to its AuthAttempt
+    # The RecipientHold rows its recipients took (daily limits): deleted as the
+    # message's Recipient rows are written, in the same transaction.
+    hold_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +141,45 @@ class FlushJob:
     """Write the records the recorder kept while the database was away."""
 
 
-Job = RecordsJob | StoreJob | FlushJob
+@dataclass(frozen=True, slots=True)
+class HoldJob:
+    """Hold room for one recipient under the daily limits (a RCPT). Limits are
+    recipients per 24 hours, 0 for none. Result: :class:`Held`,
+    :class:`LimitReached`, or None (the database could not be reached)."""
+
+    inbox_pk: int
+    organization_pk: int
+    inbox_limit: int
+    organization_limit: int
+    session_id: str
+    # Holds this session gave back (ReleaseJob) since its last HoldJob, deleted
+    # first, in the same transaction: a RCPT right after RSET must find its room
+    # back even if the ReleaseJob went to another committer.
+    released: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    hold_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class LimitReached:
+    """``scope``: "inbox" or "organization"; ``retry_after``: seconds until room."""
+
+    scope: str
+    limit: int
+    retry_after: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseJob:
+    """Give back holds whose mail transaction ended without a stored message."""
+
+    hold_ids: tuple[int, ...]
+
+
+Job = RecordsJob | StoreJob | FlushJob | HoldJob | ReleaseJob
 
 # A StoreJob's result when the message was not stored (the database refused it
 # or was unavailable; the storage layer has logged why): the client gets a 451.

@@ -12,6 +12,7 @@ from django.core.management.base import CommandError
 from django.test import override_settings
 from django.utils import timezone
 
+from inboxes.models import Inbox, RecipientHold
 from smtpgateway.models import AuthAttempt
 
 
@@ -58,3 +59,17 @@ def test_the_rate_limit_window_is_never_pruned(rate_limit: str, days: str, messa
     with override_settings(SMTP_AUTH_RATE_LIMIT=rate_limit), pytest.raises(CommandError, match=message):
         call_command("pruneattempts", "--days", days)
     assert AuthAttempt.objects.count() == 3
+
+
+@pytest.mark.django_db
+def test_expired_recipient_holds_go_and_live_ones_stay(scenarios: None) -> None:
+    inbox = Inbox.objects.get(inbox_id="inb_valid1234567890")
+    now = timezone.now()
+    for session, expires in (("dead", now - timedelta(minutes=1)), ("live", now + timedelta(minutes=29))):
+        RecipientHold.objects.create(
+            inbox=inbox, organization_id=inbox.organization_id, session_id=session, created_at=now, expires_at=expires
+        )
+    out = io.StringIO()
+    call_command("pruneattempts", stdout=out)
+    assert "Deleted 1 expired recipient holds" in out.getvalue()
+    assert list(RecipientHold.objects.values_list("session_id", flat=True)) == ["live"]

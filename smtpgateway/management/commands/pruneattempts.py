@@ -8,13 +8,18 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 
 from smtpgateway.auth.limits import RateLimit
 from smtpgateway.storage.retention import DEFAULT_BATCH_SIZE, cutoff, prune_attempts
+from smtpgateway.storage.sending_limits import delete_expired_holds
 
 
 class Command(BaseCommand):
-    help = "Delete AuthAttempt rows older than --days, in small batches (never inside the AUTH rate limit's window)."
+    help = (
+        "Delete AuthAttempt rows older than --days, in small batches (never inside the AUTH rate limit's window), "
+        "and expired recipient holds."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--days", type=float, default=90, help="Keep this many days of records (default 90).")
@@ -35,3 +40,6 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from None
         deleted = prune_attempts(before, batch_size=options["batch_size"])
         self.stdout.write(f"Deleted {deleted} AuthAttempt rows created before {before:%Y-%m-%d %H:%M:%S %Z}.")
+        holds = delete_expired_holds(timezone.now())
+        if holds:
+            self.stdout.write(f"Deleted {holds} expired recipient holds (left by a gateway that stopped abruptly).")
