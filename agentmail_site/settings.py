@@ -48,6 +48,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves STATIC_ROOT (what collectstatic wrote) under gunicorn in production.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -125,7 +127,15 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "var" / "static"
+# Where `manage.py collectstatic` puts the admin's CSS and scripts; WhiteNoise
+# serves them from there (read at start unless DEBUG is on: run collectstatic
+# before starting the admin; docs/deployment.md).
+# A relative path is relative to the project root.
+STATIC_ROOT: Path = BASE_DIR / env.str("STATIC_ROOT", default="var/static")
+# Decided here from the environment's DEBUG, not from settings.DEBUG at the first
+# request (which the test runner turns off): development and tests look for files
+# on each request and need no collectstatic.
+WHITENOISE_AUTOREFRESH: bool = DEBUG
 
 # --- SMTP gateway ----------------------------------------------------------------
 SMTP_HOST: str = env.str("SMTP_HOST", default="127.0.0.1")
