@@ -211,16 +211,22 @@ DELIVERY_SHUTDOWN_GRACE: float = env.float("DELIVERY_SHUTDOWN_GRACE", default=30
 
 # --- Logging ---------------------------------------------------------------------
 LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO")
+# "human": one line of text per record; "json": one JSON object per line, for a
+# log shipper (smtpgateway/runtime/logformat.py).
+LOG_FORMAT: str = env.str("LOG_FORMAT", default="human")
+if LOG_FORMAT not in ("human", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be human or json, not {LOG_FORMAT!r}.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "human": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "smtpgateway.runtime.logformat.JsonFormatter"},
     },
     "handlers": {
         # Written by a thread of its own: a stalled reader of stderr must not block
         # the event loop (smtpgateway/runtime/logwriter.py).
-        "console": {"class": "smtpgateway.runtime.logwriter.BackgroundStreamHandler", "formatter": "plain"},
+        "console": {"class": "smtpgateway.runtime.logwriter.BackgroundStreamHandler", "formatter": LOG_FORMAT},
     },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {

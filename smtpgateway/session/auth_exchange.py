@@ -150,7 +150,12 @@ class AuthExchange:
         session.identity = Identity(
             outcome.inbox.id, outcome.inbox.inbox_id, outcome.inbox.email, outcome.inbox.organization_id, outcome.key.id
         )
-        log.info("Auth succeeded: inbox %s (session %s)", outcome.inbox.inbox_id, session.session_id)
+        log.info(
+            "Auth succeeded: inbox %s (session %s)",
+            outcome.inbox.inbox_id,
+            session.session_id,
+            extra=session.log_fields() | {"reason": outcome.reason},
+        )
         await self.smtp.push(reply)
 
     async def refuse_overlong(self, start: bytes) -> None:
@@ -199,7 +204,12 @@ class AuthExchange:
         closing = 0 < self.smtp.config.auth_max_failures <= session.auth_failures
         code = " ".join(reply.split(" ", 2)[:2])  # "535 5.7.8", "538 5.7.11"
         log.warning(
-            "Auth failed: %s, returning %s (session %s, %s)", reason, code, session.session_id, session.remote_addr
+            "Auth failed: %s, returning %s (session %s, %s)",
+            reason,
+            code,
+            session.session_id,
+            session.remote_addr,
+            extra=session.log_fields() | {"reason": reason},
         )
         delay = self._failure_delay()
         if delay > 0:
