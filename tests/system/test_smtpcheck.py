@@ -47,13 +47,14 @@ def plain_runsmtp(scenarios: None, leak_guard: None) -> Any:
 @pytest.fixture
 def tls_runsmtp(scenarios: None, leak_guard: None, certificate: tuple[Path, Path]) -> Any:
     cert, key = certificate
+    tls_port = free_port()
     server = RunSmtp(
         "--tls-port",
-        str(free_port()),
+        str(tls_port),
         env={"SMTP_TLS_CERT_FILE": str(cert), "SMTP_TLS_KEY_FILE": str(key), "SMTP_AUTH_REQUIRE_TLS": "true"},
     )
     server.cafile = str(cert)  # type: ignore[attr-defined]
-    server.tls_port = int(server.banner[1].split(":")[-1].split()[0])  # type: ignore[attr-defined]
+    server.tls_port = tls_port  # type: ignore[attr-defined]
     yield server
     server.stop()
 
