@@ -48,6 +48,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves STATIC_ROOT (what collectstatic wrote) under gunicorn in production.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -125,7 +127,15 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "var" / "static"
+# Where `manage.py collectstatic` puts the admin's CSS and scripts; WhiteNoise
+# serves them from there (read at start unless DEBUG is on: run collectstatic
+# before starting the admin; docs/deployment.md).
+# A relative path is relative to the project root.
+STATIC_ROOT: Path = BASE_DIR / env.str("STATIC_ROOT", default="var/static")
+# Decided here from the environment's DEBUG, not from settings.DEBUG at the first
+# request (which the test runner turns off): development and tests look for files
+# on each request and need no collectstatic.
+WHITENOISE_AUTOREFRESH: bool = DEBUG
 
 # --- SMTP gateway ----------------------------------------------------------------
 SMTP_HOST: str = env.str("SMTP_HOST", default="127.0.0.1")
@@ -204,16 +214,22 @@ DELIVERY_SHUTDOWN_GRACE: float = env.float("DELIVERY_SHUTDOWN_GRACE", default=30
 
 # --- Logging ---------------------------------------------------------------------
 LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO")
+# "human": one line of text per record; "json": one JSON object per line, for a
+# log shipper (smtpgateway/runtime/logformat.py).
+LOG_FORMAT: str = env.str("LOG_FORMAT", default="human")
+if LOG_FORMAT not in ("human", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be human or json, not {LOG_FORMAT!r}.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "human": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "smtpgateway.runtime.logformat.JsonFormatter"},
     },
     "handlers": {
         # Written by a thread of its own: a stalled reader of stderr must not block
         # the event loop (smtpgateway/runtime/logwriter.py).
-        "console": {"class": "smtpgateway.runtime.logwriter.BackgroundStreamHandler", "formatter": "plain"},
+        "console": {"class": "smtpgateway.runtime.logwriter.BackgroundStreamHandler", "formatter": LOG_FORMAT},
     },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {

@@ -228,6 +228,7 @@ def _queue_dsn(message: ClaimedMessage, failures: list[Failure], hostname: str) 
         message.sender,
         len(failures),
         message.queue_id,
+        extra={"queue_id": queue_id},
     )
 
 

@@ -148,6 +148,11 @@ class DeliveryWorker:
                     outcome.address,
                     delivered.result.upstream,
                     outcome.reply or "-",
+                    extra={
+                        "queue_id": delivered.message.queue_id,
+                        "recipient": outcome.address,
+                        "status": outcome.status,
+                    },
                 )
 
     def _drain(self) -> None:
@@ -201,7 +206,7 @@ class DeliveryWorker:
                 signatures, used = sign(content, keys)
                 content, dkim = signatures + content, ", ".join(used)
             except Exception as error:  # a key dkimpy cannot use: deliver unsigned, say why
-                log.exception("DKIM signing of %s failed", message.queue_id)
+                log.exception("DKIM signing of %s failed", message.queue_id, extra={"queue_id": message.queue_id})
                 dkim = f"unsigned: signing failed ({type(error).__name__})"
         else:
             dkim = f"unsigned: no DKIM key for {message.from_domain or self._own_domain()}"

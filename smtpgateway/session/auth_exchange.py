@@ -158,7 +158,12 @@ class AuthExchange:
             inbox_recipient_limit=default_limit if inbox.daily_recipient_limit is None else inbox.daily_recipient_limit,
             organization_recipient_limit=default_limit if organization_limit is None else organization_limit,
         )
-        log.info("Auth succeeded: inbox %s (session %s)", outcome.inbox.inbox_id, session.session_id)
+        log.info(
+            "Auth succeeded: inbox %s (session %s)",
+            outcome.inbox.inbox_id,
+            session.session_id,
+            extra=session.log_fields() | {"reason": outcome.reason},
+        )
         await self.smtp.push(reply)
 
     async def refuse_overlong(self, start: bytes) -> None:
@@ -207,7 +212,12 @@ class AuthExchange:
         closing = 0 < self.smtp.config.auth_max_failures <= session.auth_failures
         code = " ".join(reply.split(" ", 2)[:2])  # "535 5.7.8", "538 5.7.11"
         log.warning(
-            "Auth failed: %s, returning %s (session %s, %s)", reason, code, session.session_id, session.remote_addr
+            "Auth failed: %s, returning %s (session %s, %s)",
+            reason,
+            code,
+            session.session_id,
+            session.remote_addr,
+            extra=session.log_fields() | {"reason": reason},
         )
         delay = self._failure_delay()
         if delay > 0:

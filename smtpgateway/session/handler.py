@@ -70,6 +70,7 @@ class GatewayHandler:
                 identity.inbox_id,
                 identity.email,
                 session.session_id,
+                extra=session.log_fields(),
             )
             return replies.SENDER_NOT_OWNED
         envelope.mail_from = address
@@ -162,7 +163,7 @@ class GatewayHandler:
         if queue_id is not NOT_STORED:
             envelope.hold_ids.clear()  # gone with that commit (stored or refused)
         if queue_id is NOT_STORED:  # the storage layer has logged why
-            log.error("Message not stored (session %s); answered 451", session.session_id)
+            log.error("Message not stored (session %s); answered 451", session.session_id, extra=session.log_fields())
             return replies.STORE_TEMPORARY_FAILURE
         if isinstance(queue_id, AuthorRefused):
             log.warning(
@@ -171,6 +172,7 @@ class GatewayHandler:
                 identity.email,
                 identity.inbox_id,
                 session.session_id,
+                extra=session.log_fields(),
             )
             return replies.author_not_the_inbox(queue_id.header, identity.email)
         log.info(
@@ -180,6 +182,7 @@ class GatewayHandler:
             len(submission.content),
             len(submission.rcpt_tos),
             session.session_id,
+            extra=session.log_fields() | {"queue_id": queue_id},
         )
         return replies.QUEUED.format(queue_id=queue_id)
 

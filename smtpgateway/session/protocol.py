@@ -187,7 +187,9 @@ class GatewaySMTP(SMTP):
             refusal = self.event_handler.admission_refusal(client)
             if refusal is not None:
                 self._refused = True
-                log.warning("Connection from %s refused: %s", client.address, refusal)
+                log.warning(
+                    "Connection from %s refused: %s", client.address, refusal, extra={"client_address": client.address}
+                )
                 cast(asyncio.WriteTransport, transport).write(refusal.encode("ascii") + b"\r\n")
                 transport.close()
                 return
@@ -321,6 +323,7 @@ class GatewaySMTP(SMTP):
                             "Too many commands before AUTH from %s (session %s)",
                             session.remote_addr,
                             session.session_id,
+                            extra=session.log_fields(),
                         )
                         await self.close_with(replies.TOO_MANY_UNAUTHENTICATED_COMMANDS)
                         return
@@ -361,6 +364,7 @@ class GatewaySMTP(SMTP):
                     "TLS handshake after STARTTLS failed (session %s): %s",
                     self.gateway_session().session_id,
                     error.__cause__ or error,
+                    extra=self.gateway_session().log_fields(),
                 )
                 if self.transport is not None:
                     self.transport.close()
@@ -380,7 +384,10 @@ class GatewaySMTP(SMTP):
         address = client_address(header.src_addr) if header is not None and header.valid else None
         if header is None or address is None:
             problem = "client left" if header is None else header.error or "no client address (UNIX socket or LOCAL)"
-            log.warning("Connection closed: no valid PROXY header (%s)", problem)
+            # The session's address is still the balancer's.
+            log.warning(
+                "Connection closed: no valid PROXY header (%s)", problem, extra=self.gateway_session().log_fields()
+            )
             if self.transport is not None:
                 self.transport.close()
             return False
@@ -577,6 +584,7 @@ class GatewaySMTP(SMTP):
                         budget.limit,
                         budget.held_by(owner),
                         budget.share,
+                        extra=self.gateway_session().log_fields(),
                     )
                 self._set_post_data_state()
                 await self.push(_BODY_PROBLEM_REPLIES[problem])

@@ -65,6 +65,16 @@ class GatewaySession(Session):
         :func:`client_address` made it when the connection or header came in."""
         return self.peer[0] if isinstance(self.peer, tuple) else None
 
+    def log_fields(self) -> dict[str, str]:
+        """This session's fields for a log record (``extra=``), which
+        ``LOG_FORMAT=json`` writes as fields of their own."""
+        fields = {"session_id": self.session_id}
+        if self.remote_addr is not None:
+            fields["client_address"] = self.remote_addr
+        if self.identity is not None:
+            fields["inbox_id"] = self.identity.inbox_id
+        return fields
+
 
 def client_address(address: object) -> str | None:
     """An address as the gateway records, counts and limits it: the IP address's

@@ -137,7 +137,13 @@ def _commit_alone(job: Job, pending: PendingFailures, last_used: LastUsedWrites)
         refusal = type(error).__name__
     if isinstance(job, RecordsJob):
         if len(job.records) == 1:
-            log.error("AuthAttempt refused by the database, dropped: %s (%s)", job.records[0].to_log_line(), refusal)
+            record = job.records[0]
+            log.error(
+                "AuthAttempt refused by the database, dropped: %s (%s)",
+                record.to_log_line(),
+                refusal,
+                extra=record.log_fields(),
+            )
         else:  # find the refused one(s)
             for record in job.records:
                 _commit_alone(RecordsJob((record,)), pending, last_used)

@@ -82,6 +82,11 @@ class AttemptRecord:
         fields["created_at"] = self.created_at.isoformat()
         return json.dumps(fields, sort_keys=True)
 
+    def log_fields(self) -> dict[str, str]:
+        """The fields ``LOG_FORMAT=json`` writes of their own for a log record about this attempt."""
+        fields = {"session_id": self.session_id, "reason": self.reason}
+        return fields | ({"client_address": self.remote_addr} if self.remote_addr else {})
+
 
 @dataclass(frozen=True, slots=True)
 class Submission:

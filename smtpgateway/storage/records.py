@@ -36,7 +36,7 @@ class AttemptRecorder:
 
     def keep(self, record: AttemptRecord) -> None:
         """Hold a record that could not be written; log it so it is never silent."""
-        log.error("AuthAttempt not written, kept for retry: %s", record.to_log_line())
+        log.error("AuthAttempt not written, kept for retry: %s", record.to_log_line(), extra=record.log_fields())
         with self._lock:
             self._kept.append(record)
             self._enforce_bound()
@@ -59,7 +59,12 @@ class AttemptRecorder:
     def _enforce_bound(self) -> None:
         while len(self._kept) > self._max_kept:
             dropped = self._kept.popleft()
-            log.error("AuthAttempt backlog full (%d); dropped from memory: %s", self._max_kept, dropped.to_log_line())
+            log.error(
+                "AuthAttempt backlog full (%d); dropped from memory: %s",
+                self._max_kept,
+                dropped.to_log_line(),
+                extra=dropped.log_fields(),
+            )
 
 
 recorder = AttemptRecorder(max_kept=getattr(settings, "SMTP_AUTH_BACKLOG_MAX", 10_000))

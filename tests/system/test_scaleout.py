@@ -4,6 +4,7 @@ front of two gateway processes sharing one database."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import shutil
 import signal
 import socket
@@ -18,8 +19,9 @@ import pytest
 from smtpgateway.models import AuthAttempt
 from smtpgateway.session.state import client_address
 from tests.helpers import VALID_INBOX, VALID_KEY, Wire, b64, free_port
-from tests.runsmtp import RunSmtp
+from tests.runsmtp import ROOT, RunSmtp
 
+HAPROXY_CONFIG = ROOT / "deploy" / "haproxy.cfg"
 GOOD = "AUTH PLAIN " + b64(f"\0{VALID_INBOX}\0{VALID_KEY}")
 
 
@@ -125,19 +127,21 @@ def test_workers_share_one_port(scenarios: None, leak_guard: None) -> None:
 
 
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed (.ci/run installs it)")
-def test_haproxy_in_front_of_two_gateways(scenarios: None, leak_guard: None, tmp_path: Path) -> None:
+def test_haproxy_in_front_of_two_gateways(scenarios: None, leak_guard: None) -> None:
+    """The shipped deploy/haproxy.cfg, unchanged: only its address variables are set."""
     gateways = [RunSmtp("--proxy-protocol"), RunSmtp("--proxy-protocol")]
     front = free_port()
-    config = tmp_path / "haproxy.cfg"
-    config.write_text(
-        "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n"
-        f"frontend smtp\n  bind 127.0.0.1:{front}\n  default_backend gateways\n"
-        "backend gateways\n  balance roundrobin\n"
-        f"  server one 127.0.0.1:{gateways[0].port} send-proxy-v2\n"
-        f"  server two 127.0.0.1:{gateways[1].port} send-proxy\n"
-    )
+    variables = {
+        "AGENTMAIL_SUBMISSION_BIND": f"127.0.0.1:{front}",
+        "AGENTMAIL_GATEWAY_A": f"127.0.0.1:{gateways[0].port}",
+        "AGENTMAIL_GATEWAY_B": f"127.0.0.1:{gateways[1].port}",
+    }
     haproxy = subprocess.Popen(
-        ["haproxy", "-db", "-f", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ["haproxy", "-db", "-f", str(HAPROXY_CONFIG)],
+        env={**os.environ, **variables},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         for _ in range(100):
