@@ -137,9 +137,14 @@ class GatewayHandler:
                 result.scope,
                 identity.inbox_id,
                 session.session_id,
+                extra=session.log_fields() | {"reason": "DAILY_LIMIT"},
             )
             return replies.daily_limit_reached(result.scope, result.limit, result.retry_after)
-        log.error("Recipient not held: database unavailable (session %s); answered 451", session.session_id)
+        log.error(
+            "Recipient not held: database unavailable (session %s); answered 451",
+            session.session_id,
+            extra=session.log_fields(),
+        )
         return replies.RECIPIENT_NOT_HELD
 
     async def handle_DATA(self, server: GatewaySMTP, session: GatewaySession, envelope: GatewayEnvelope) -> str:
