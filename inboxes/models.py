@@ -107,13 +107,34 @@ class Message(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [
-            # An inbox's recipients of the last 24 hours (inboxes.sending_limits).
-            models.Index(fields=["inbox", "created_at"], name="message_inbox_created"),
-        ]
 
     def __str__(self) -> str:
         return self.queue_id
+
+
+class SendingTally(models.Model):
+    """Recipients of the messages an inbox (``scope`` "inbox") or an
+    organization ("organization") sent in one minute: what the daily limits sum
+    (``smtpgateway.storage.sending_limits``), at most 1,440 rows each for a day,
+    however much was sent. Written with each message's commit; rows older than
+    a day are deleted by ``pruneattempts``."""
+
+    class Scope(models.TextChoices):
+        INBOX = "inbox", "Inbox"
+        ORGANIZATION = "organization", "Organization"
+
+    scope = models.CharField(max_length=16, choices=Scope.choices)
+    # The inbox's or the organization's primary key (no foreign key: a tally
+    # outlives nothing it could refer to by more than a day).
+    owner_id = models.BigIntegerField()
+    minute = models.DateTimeField()
+    recipients = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["scope", "owner_id", "minute"], name="tally_per_minute")]
+
+    def __str__(self) -> str:
+        return f"{self.scope} {self.owner_id} {self.minute:%Y-%m-%d %H:%M}: {self.recipients}"
 
 
 class RecipientHold(models.Model):

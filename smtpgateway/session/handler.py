@@ -163,6 +163,7 @@ class GatewayHandler:
             author=identity.email,
             session_id=session.session_id,
             hold_ids=tuple(envelope.hold_ids),
+            organization_pk=identity.organization_id,
         )
         queue_id = await self.db.commit(StoreJob(submission))
         if queue_id is not NOT_STORED:

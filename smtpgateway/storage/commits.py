@@ -49,7 +49,7 @@ from smtpgateway.storage.jobs import (
 from smtpgateway.storage.message_inserts import NewMessage, insert_messages
 from smtpgateway.storage.messages import message_row
 from smtpgateway.storage.records import recorder
-from smtpgateway.storage.sending_limits import release, take_hold
+from smtpgateway.storage.sending_limits import release, take_hold, tally
 
 log = logging.getLogger(__name__)
 
@@ -195,17 +195,17 @@ def _commit_batch(
         # before anything is counted (smtpgateway.storage.sending_limits).
         # Holds given back go before any is counted; a stored message's holds go
         # only with its Recipient rows (then always one of the two is counted).
+        now = timezone.now()
         release(tuple(given_back))
-        if holds:
-            now = timezone.now()
-            for index, hold in holds:
-                results[index] = take_hold(hold, now)
+        for index, hold in holds:
+            results[index] = take_hold(hold, now)
         if kept or records:
             insert_attempts(kept + records)
         if newest is not None:
             _write_last_used(due.keys(), newest)
         if messages:
             insert_messages(messages)
+            tally([(new.row.inbox_id, new.organization_pk, len(new.row.envelope_to)) for new in messages], now)
         release(tuple(stored_holds))
     if newest is not None:
         last_used.written(due.keys(), newest)

@@ -106,6 +106,7 @@ class Submission:
     # The RecipientHold rows its recipients took (daily limits): deleted as the
     # message's Recipient rows are written, in the same transaction.
     hold_ids: tuple[int, ...] = ()
+    organization_pk: int = 0  # the inbox's, for its organization's daily tally
 
 
 @dataclass(frozen=True, slots=True)

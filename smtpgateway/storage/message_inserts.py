@@ -48,6 +48,7 @@ class NewMessage:
     row: Message
     received: bytes
     content: bytes | bytearray
+    organization_pk: int = 0  # the inbox's (smtpgateway.storage.sending_limits tallies it)
 
     @property
     def large(self) -> bool:

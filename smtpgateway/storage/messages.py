@@ -204,4 +204,4 @@ def message_row(submission: Submission) -> NewMessage | AuthorRefused:
         subject=subject,
         session_id=submission.session_id,
     )
-    return NewMessage(row, received_header(submission, queue_id), submission.content)
+    return NewMessage(row, received_header(submission, queue_id), submission.content, submission.organization_pk)

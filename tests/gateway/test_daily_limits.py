@@ -12,11 +12,12 @@ from typing import Any
 from django.utils import timezone
 
 from delivery.models import Recipient
-from inboxes.models import Inbox, Message, Organization, RecipientHold
-from smtpgateway.storage.sending_limits import HOLD_LIFETIME, counted
+from inboxes.models import Inbox, Message, Organization, RecipientHold, SendingTally
+from smtpgateway.storage.sending_limits import HOLD_LIFETIME, counted, delete_old_tallies, minute_of
 from tests.helpers import VALID_EMAIL, VALID_INBOX, VALID_KEY, GatewayFactory, LiveGateway, Wire, b64, eventually
 
 BODY = f"From: {VALID_EMAIL}\r\nSubject: limits\r\n\r\nhi\r\n".encode()
+OTHER_BODY = b"From: other@agentmail.dev\r\nSubject: limits\r\n\r\nhi\r\n"
 LIMIT_REPLY = re.compile(
     r"450 4\.7\.1 Daily recipient limit of (\d+) reached for this (inbox|organization); try again in (\d+) minutes?"
 )
@@ -59,7 +60,7 @@ def test_the_rcpt_past_the_inbox_limit_is_refused_and_the_others_are_sent(gatewa
     assert Recipient.objects.count() == 3 and not RecipientHold.objects.exists()  # holds became recipients
     # The next transaction, and the next session, find the day's room used.
     limit = LIMIT_REPLY.fullmatch(rcpts(wire, ["e@example.com"])[0])
-    assert limit is not None and 60 * 23 < int(limit.group(3)) <= 60 * 24  # the message turns 24 hours old
+    assert limit is not None and 60 * 23 < int(limit.group(3)) <= 60 * 24 + 1  # its minute turns a day old
     assert LIMIT_REPLY.fullmatch(rcpts(session(gateway), ["e@example.com"])[0])
 
 
@@ -87,12 +88,10 @@ def test_the_organization_limit_counts_all_its_inboxes_and_the_setting_is_the_de
     gateway_factory: GatewayFactory, scenarios: None
 ) -> None:
     gateway = gateway_factory(daily_recipient_limit=4)  # SMTP_DAILY_RECIPIENT_LIMIT
-    other = Inbox.objects.get(inbox_id="inb_other12345678901")
-    Message.objects.create(queue_id="EARLIER", inbox=other, envelope_from=other.email, envelope_to=[], size=1, raw=b"")
-    Recipient.objects.bulk_create(
-        Recipient(message_id="EARLIER", address=f"{n}@example.com", next_attempt_at=timezone.now()) for n in range(2)
-    )
     set_limits(inbox=0, organization=None)  # the inbox: no limit; the organization: the setting's 4
+    with gateway.smtp() as client:  # another inbox of the organization sends to two
+        client.login("inb_other12345678901", "am_validkey12345678901234567890123456")
+        client.sendmail("other@agentmail.dev", ["x@example.com", "y@example.com"], OTHER_BODY)
     wire = session(gateway)
     replies = rcpts(wire, ["a@example.com", "b@example.com", "c@example.com"])
     assert replies[:2] == ["250 2.1.5 Recipient OK"] * 2
@@ -100,13 +99,12 @@ def test_the_organization_limit_counts_all_its_inboxes_and_the_setting_is_the_de
     assert limit is not None and limit.groups()[:2] == ("4", "organization")
 
 
-def test_bounces_and_old_or_expired_entries_do_not_count(db: None, scenarios: None) -> None:
+def test_old_tallies_and_expired_holds_do_not_count(db: None, scenarios: None) -> None:
     inbox = Inbox.objects.get(inbox_id=VALID_INBOX)
     now = timezone.now()
-    for queue_id, sender, age in (("DSN", "", 0), ("OLD", VALID_EMAIL, 25), ("NEW", VALID_EMAIL, 1)):
-        Message.objects.create(queue_id=queue_id, inbox=inbox, envelope_from=sender, envelope_to=[], size=1, raw=b"")
-        Message.objects.filter(queue_id=queue_id).update(created_at=now - timedelta(hours=age))
-        Recipient.objects.create(message_id=queue_id, address="x@example.com", next_attempt_at=now)
+    for scope, owner in (("inbox", inbox.pk), ("organization", inbox.organization_id)):
+        for age, recipients in ((timedelta(hours=24, minutes=2), 100), (timedelta(hours=23, minutes=58), 1)):
+            SendingTally.objects.create(scope=scope, owner_id=owner, minute=minute_of(now - age), recipients=recipients)
     RecipientHold.objects.create(
         inbox=inbox, organization_id=inbox.organization_id, session_id="s", created_at=now, expires_at=now
     )
@@ -117,7 +115,9 @@ def test_bounces_and_old_or_expired_entries_do_not_count(db: None, scenarios: No
         created_at=now,
         expires_at=now + HOLD_LIFETIME,
     )
-    assert counted(inbox.pk, inbox.organization_id, now) == (2, 2)  # NEW's recipient and the live hold
+    assert counted(inbox.pk, inbox.organization_id, now) == (2, 2)  # the recent tally and the live hold
+    assert counted(inbox.pk, inbox.organization_id, now, inbox=False) == (0, 2)
+    assert delete_old_tallies(now) == 2 and SendingTally.objects.count() == 2
 
 
 def test_two_gateways_share_one_limit_exactly(gateway_factory: GatewayFactory, scenarios: None) -> None:

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from delivery.models import DeliveryAttempt, DkimKey, Recipient
 from inboxes.models import Message
+from smtpgateway.storage.sending_limits import counted
 from tests.helpers import VALID_EMAIL, VALID_INBOX, VALID_KEY, LiveGateway, free_port
 from tests.sinks import SINK_PASSWORD, SilentServer, Sink
 
@@ -164,6 +165,9 @@ def test_a_refused_recipient_bounces_and_its_sender_gets_a_dsn(gateway: LiveGate
     assert "Diagnostic-Code: smtp; 550 5.1.1 <nobody@example.com>: no such user" in text
     assert "Subject: partly" in text  # the original headers
     assert Message.objects.get(queue_id=dsn.queue_id).status == "delivered"
+    # The daily limits count the two recipients submitted, not the bounce.
+    inbox = dsn.inbox
+    assert counted(inbox.pk, inbox.organization_id, timezone.now()) == (2, 2)
 
 
 def test_a_bounce_is_never_bounced(gateway: LiveGateway, plain_sink: Sink) -> None:

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from smtpgateway.auth.limits import RateLimit
 from smtpgateway.storage.retention import DEFAULT_BATCH_SIZE, cutoff, prune_attempts
-from smtpgateway.storage.sending_limits import delete_expired_holds
+from smtpgateway.storage.sending_limits import delete_expired_holds, delete_old_tallies
 
 
 class Command(BaseCommand):
@@ -41,5 +41,6 @@ class Command(BaseCommand):
         deleted = prune_attempts(before, batch_size=options["batch_size"])
         self.stdout.write(f"Deleted {deleted} AuthAttempt rows created before {before:%Y-%m-%d %H:%M:%S %Z}.")
         holds = delete_expired_holds(timezone.now())
+        delete_old_tallies(timezone.now())
         if holds:
             self.stdout.write(f"Deleted {holds} expired recipient holds (left by a gateway that stopped abruptly).")
