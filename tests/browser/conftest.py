@@ -3,7 +3,9 @@ server on loopback, a logged-in operator, and a screenshot of any failure."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Generator, Iterator
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
@@ -19,6 +21,14 @@ def live_server() -> Iterator[LiveServer]:
     server = LiveServer("127.0.0.1")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quiet_webdriver_logs() -> None:
+    """Selenium and urllib3 log every WebDriver response at DEBUG, page sources
+    included: the leak guard captures DEBUG, and a page may hold a key shown once."""
+    for name in ("selenium", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +47,13 @@ def browser(chromium_driver: webdriver.Chrome, live_server: LiveServer) -> Itera
     chromium_driver.delete_all_cookies()
     yield AdminBrowser(chromium_driver, live_server.url)
     chromium_driver.delete_all_cookies()
+
+
+@pytest.fixture(autouse=True)
+def quick_password_hashing(settings: Any) -> None:
+    """The default hasher takes most of a second per password on a shared
+    machine; logging in is not what these tests measure."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture
