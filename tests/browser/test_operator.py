@@ -60,9 +60,9 @@ def test_issue_a_key_reload_go_back_revoke(
     operator.submit('input[name="_save"]')
     plaintext = operator.css("#api-key-plaintext").text
     extra_secrets.append(plaintext)
-    assert plaintext.startswith("am_") and "Copy it now" in operator.text
+    assert plaintext.startswith("amk_") and "Copy it now" in operator.text
     key = ApiKey.objects.get(name="browser agent")
-    operator.driver.execute_script("document.getElementById('api-key-plaintext').textContent = 'am_' + '•'.repeat(40)")
+    operator.driver.execute_script("document.getElementById('api-key-plaintext').textContent = 'amk_' + '•'.repeat(40)")
     operator.document("api-key-created")  # the plaintext masked for the picture
 
     assert smtp_auth(gateway, INBOX, plaintext) == SUCCESS
