@@ -5,6 +5,7 @@ times to the second, readable reasons and messages, links between records."""
 from __future__ import annotations
 
 import html
+import json
 import logging
 import re
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from apikeys.models import ApiKey
 from delivery.models import Recipient
 from inboxes.models import Inbox, Message, Organization
 from smtpgateway.models import AuthAttempt
+from smtpgateway.runtime.logformat import JsonFormatter
 from tests.helpers import DEMO_KEYS, VALID_INBOX, secret_markers
 from tests.unit.test_admin import add_key_form, make_history
 
@@ -197,11 +199,12 @@ def test_times_show_seconds_and_zone_as_the_log_lines_do(admin_client) -> None: 
         reverse("admin:apikeys_apikey_change", args=[key.pk]),
     ):
         assert shown in admin_client.get(url).content.decode(), url
-    # A log line written at that moment, with the project's log format.
-    formatter = logging.Formatter(settings.LOGGING["formatters"]["plain"]["format"])  # type: ignore[index]
+    # A log line written at that moment, in each of the project's log formats.
+    human = logging.Formatter(settings.LOGGING["formatters"]["human"]["format"])  # type: ignore[index]
     record = logging.makeLogRecord({"msg": "x", "levelname": "INFO", "name": "smtpgateway"})
     record.created, record.msecs = when.timestamp(), 890.0
-    assert formatter.format(record).startswith(shown.removesuffix(" UTC") + ",890 ")
+    assert human.format(record).startswith(shown.removesuffix(" UTC") + ",890 ")
+    assert json.loads(JsonFormatter().format(record))["time"] == "2026-03-04T05:06:07.890Z"
 
 
 # --- the AUTH attempts list -----------------------------------------------------------------
