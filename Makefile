@@ -4,13 +4,14 @@
 # and for developers:
 #   make check     - ruff (lint, format), mypy (strict), makemigrations --check
 #   make test-unit - the unit tier only (tests/unit: no server), in seconds
+#   make test-browser - the admin in headless Chromium (tests/browser)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test test-unit check setup bench clean
+.PHONY: run test test-unit test-browser check setup bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +42,9 @@ test: setup
 
 test-unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-browser: setup
+	$(PY) -m pytest tests/browser $(PYTEST_ARGS)
 
 check: $(INSTALLED) .env
 	$(VENV)/bin/ruff check .

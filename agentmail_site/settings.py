@@ -125,6 +125,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# Times to the second, with the zone, agreeing with the log lines (the admin).
+FORMAT_MODULE_PATH = ["agentmail_site.formats"]
 
 STATIC_URL = "static/"
 # Where `manage.py collectstatic` puts the admin's CSS and scripts; WhiteNoise

@@ -79,6 +79,16 @@ class ApiKey(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Not a secret: a nonce the admin's add form carries, so that submitting one
+    # form again (a reload of the "created" page) cannot issue a second key.
+    form_token = models.CharField(
+        max_length=32,
+        unique=True,
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="The admin add form that issued it (each form issues at most one key).",
+    )
 
     objects = ApiKeyManager()
 

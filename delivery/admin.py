@@ -10,7 +10,9 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
+from agentmail_site.admin_audit import log_action_changes
 from delivery import queue
 from delivery.models import DeliveryAttempt, DkimKey, Recipient
 from delivery.states import PENDING
@@ -34,7 +36,7 @@ class DeliveringMessageAdmin(MessageAdmin):
 
     inlines = [RecipientInline]
     actions = ["retry_now", "cancel_delivery"]
-    fields = (*MessageAdmin.fields[:-1], "delivery_attempts", MessageAdmin.fields[-1])
+    fields = (*MessageAdmin.fields[:8], "delivery_attempts", *MessageAdmin.fields[8:])
     readonly_fields = fields
 
     @admin.display(description="delivery attempts")
@@ -51,21 +53,50 @@ class DeliveringMessageAdmin(MessageAdmin):
                 for a in attempts
             ),
         )  # fmt: skip
-        header = "<tr><th>time</th><th>recipient</th><th>result</th><th>took</th><th>reply</th><th>TLS</th><th>DKIM</th></tr>"
-        return format_html("<table>{}{}</table>", format_html(header), rows)
+        header = mark_safe(
+            "<tr><th>time</th><th>recipient</th><th>result</th><th>took</th><th>reply</th><th>TLS</th><th>DKIM</th></tr>"
+        )
+        return format_html("<table>{}{}</table>", header, rows)
 
     @admin.action(description="Retry the selected messages' pending recipients now")
     def retry_now(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
-        ids = list(Recipient.objects.filter(message__in=queryset, status__in=PENDING).values_list("id", flat=True))
-        self.message_user(request, f"{queue.retry_now(ids)} recipient(s) due now.", messages.SUCCESS)
+        pending = _pending_by_message(queryset)
+        count = queue.retry_now([pk for recipients in pending.values() for pk, _ in recipients])
+        self._log(request, queryset, pending, "Retry now: {} due at once")
+        self.message_user(request, f"{count} recipient(s) due now.", messages.SUCCESS)
 
     @admin.action(description="Cancel delivery to the selected messages' pending recipients")
     def cancel_delivery(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
-        ids = list(Recipient.objects.filter(message__in=queryset, status__in=PENDING).values_list("id", flat=True))
-        self.message_user(request, f"{queue.cancel(ids)} recipient(s) cancelled.", messages.SUCCESS)
+        pending = _pending_by_message(queryset)
+        count = queue.cancel([pk for recipients in pending.values() for pk, _ in recipients])
+        self._log(request, queryset, pending, "Delivery cancelled (no DSN) to {}")
+        self.message_user(request, f"{count} recipient(s) cancelled.", messages.SUCCESS)
+
+    @staticmethod
+    def _log(
+        request: HttpRequest, queryset: QuerySet[Message], pending: dict[str, list[tuple[int, str]]], what: str
+    ) -> None:
+        """An entry in each message's history naming the recipients the action touched."""
+        touched = queryset.filter(queue_id__in=list(pending)).select_related(None).only("pk", "queue_id")
+        log_action_changes(
+            request,
+            [
+                (message, what.format(", ".join(address for _, address in pending[message.queue_id])) + ".")
+                for message in touched
+            ],
+        )
 
     def has_change_permission(self, request: HttpRequest, obj: Message | None = None) -> bool:
         return False
+
+
+def _pending_by_message(queryset: QuerySet[Message]) -> dict[str, list[tuple[int, str]]]:
+    """The selected messages' recipients still to deliver: queue id -> [(id, address)]."""
+    pending: dict[str, list[tuple[int, str]]] = {}
+    rows = Recipient.objects.filter(message__in=queryset.values("queue_id"), status__in=PENDING)
+    for pk, queue_id, address in rows.order_by("id").values_list("id", "message_id", "address"):
+        pending.setdefault(str(queue_id), []).append((pk, address))  # the key is the queue id
+    return pending
 
 
 admin.site.unregister(Message)

@@ -18,8 +18,8 @@ class AuthAttempt(models.Model):
     # index, below). reason's index is a plain one: Django's db_index adds a
     # LIKE-pattern twin on PostgreSQL that nothing uses.
     created_at = models.DateTimeField(db_index=True)
-    remote_addr = models.GenericIPAddressField(null=True, blank=True)
-    remote_port = models.PositiveIntegerField(null=True, blank=True)
+    remote_addr = models.GenericIPAddressField("client address", null=True, blank=True)
+    remote_port = models.PositiveIntegerField("client port", null=True, blank=True)
     client_network = models.CharField(
         max_length=43,  # "ffff:...:ffff/128"
         null=True,  # rows from before migration 0009 outside the window it filled
@@ -29,8 +29,8 @@ class AuthAttempt(models.Model):
     )
     session_id = models.CharField(max_length=32, help_text="Also in the gateway's log lines.")
     encrypted = models.BooleanField(default=False, help_text="Whether the session was under TLS.")
-    tls_version = models.CharField(max_length=16, blank=True)
-    tls_cipher = models.CharField(max_length=64, blank=True)
+    tls_version = models.CharField("TLS version", max_length=16, blank=True)
+    tls_cipher = models.CharField("TLS cipher", max_length=64, blank=True)
     mechanism = models.CharField(max_length=32, blank=True)
     username = models.CharField(
         max_length=USERNAME_MAX_LENGTH,
@@ -54,6 +54,7 @@ class AuthAttempt(models.Model):
     )
     api_key = models.ForeignKey(
         "apikeys.ApiKey",
+        verbose_name="API key",
         null=True,
         blank=True,
         on_delete=models.SET_NULL,

@@ -30,9 +30,38 @@ class Reason(StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     TEMPORARY_FAILURE = "TEMPORARY_FAILURE"
 
+    @property
+    def label(self) -> str:
+        """What an operator reads (the admin); the code stays the stored value."""
+        return LABELS[self]
+
     @classmethod
     def choices(cls) -> list[tuple[str, str]]:
-        return [(member.value, member.value) for member in cls]
+        return [(member.value, member.label) for member in cls]
+
+
+LABELS = {
+    Reason.OK: "Authenticated",
+    Reason.INVALID_INBOX_FORMAT: "Malformed inbox id",
+    Reason.INVALID_API_KEY_FORMAT: "Malformed API key",
+    Reason.MALFORMED_KEY: "API key with a wrong checksum",
+    Reason.API_KEY_NOT_FOUND: "API key not found",
+    Reason.API_KEY_REVOKED: "API key revoked",
+    Reason.API_KEY_EXPIRED: "API key expired",
+    Reason.INSUFFICIENT_PERMISSIONS: "API key lacks smtp:send",
+    Reason.INBOX_NOT_FOUND: "Inbox not found",
+    Reason.INBOX_DISABLED: "Inbox disabled",
+    Reason.INBOX_SUSPENDED: "Inbox suspended",
+    Reason.ORGANIZATION_MISMATCH: "Key of another organization",
+    Reason.INBOX_NOT_ALLOWED: "Key limited to other inboxes",
+    Reason.MALFORMED: "Malformed AUTH exchange",
+    Reason.AUTHZID_MISMATCH: "Other authorization identity",
+    Reason.ABORTED: "Aborted by the client",
+    Reason.UNSUPPORTED_MECHANISM: "Unsupported mechanism",
+    Reason.ENCRYPTION_REQUIRED: "Encryption required",
+    Reason.RATE_LIMITED: "Rate limited",
+    Reason.TEMPORARY_FAILURE: "Temporary failure",
+}
 
 
 # Failed credential checks: what the per-address rate limit counts.

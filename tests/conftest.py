@@ -19,13 +19,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="also run long load, fuzz and timing tests")
 
 
-TIERS = ("unit", "gateway", "system")
+TIERS = ("unit", "gateway", "system", "browser")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         tier = Path(item.path).parent.name
-        assert tier in TIERS, f"{item.nodeid}: a test lives in tests/unit, tests/gateway or tests/system"
+        assert tier in TIERS, f"{item.nodeid}: a test lives in tests/unit, tests/gateway, tests/system or tests/browser"
         item.add_marker(tier)
     if config.getoption("--run-slow"):
         return

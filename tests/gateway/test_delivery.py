@@ -322,7 +322,7 @@ def test_the_message_page_shows_its_delivery_and_links_its_session(
     message = Message.objects.get(queue_id=queue_id)
     assert message.session_id
     page = admin_client.get(f"/admin/inboxes/message/{message.pk}/change/").content.decode()
-    assert f"?q={message.session_id}" in page  # the AuthAttempt list, searched by session
+    assert f"?session_id={message.session_id}" in page  # the AuthAttempt list, filtered by session
     assert "550 5.1.1 no such user" in page and "bounced" in page and "delivered" in page
     assert "unsigned: no DKIM key for agentmail.dev" in page
     attempts = admin_client.get(f"/admin/smtpgateway/authattempt/?q={message.session_id}").context["cl"].result_list

@@ -29,18 +29,28 @@ def test_changelists_render(admin_client, model: str) -> None:  # type: ignore[n
     assert admin_client.get(f"/admin/{model}/").status_code == 200
 
 
-def test_creating_a_key_shows_the_plaintext_once(admin_client, leak_guard, extra_secrets) -> None:  # type: ignore[no-untyped-def]
+def one_time_token(admin_client) -> str:  # type: ignore[no-untyped-def]
+    """The token the add form was served with."""
+    page = admin_client.get(reverse("admin:apikeys_apikey_add")).content.decode()
+    found = re.search(r'name="one_time_token" value="([^"]+)"', page)
+    assert found is not None
+    return html.unescape(found.group(1))
+
+
+def add_key_form(admin_client, name: str = "ci agent") -> dict[str, Any]:  # type: ignore[no-untyped-def]
     org = Organization.objects.get(public_id="org_abc")
-    response = admin_client.post(
-        reverse("admin:apikeys_apikey_add"),
-        {
-            "organization": org.pk,
-            "name": "ci agent",
-            "scopes": ["smtp:send", "messages:read"],
-            "expires_at_0": "",
-            "expires_at_1": "",
-        },
-    )
+    return {
+        "organization": org.pk,
+        "name": name,
+        "scopes": ["smtp:send", "messages:read"],
+        "expires_at_0": "",
+        "expires_at_1": "",
+        "one_time_token": one_time_token(admin_client),
+    }
+
+
+def test_creating_a_key_shows_the_plaintext_once(admin_client, leak_guard, extra_secrets) -> None:  # type: ignore[no-untyped-def]
+    response = admin_client.post(reverse("admin:apikeys_apikey_add"), add_key_form(admin_client))
     assert response.status_code == 200
     assert "no-store" in response["Cache-Control"]
     shown = re.search(rb'id="api-key-plaintext"[^>]*>(amk_[A-Za-z0-9]+)<', response.content)
@@ -71,7 +81,9 @@ def test_key_list_shows_state_and_revoke_action(admin_client) -> None:  # type: 
         assert f'<td class="field-state_display">{state}</td>' in page
     valid = ApiKey.objects.get(prefix="am_validke")
     response = admin_client.post(
-        reverse("admin:apikeys_apikey_changelist"), {"action": "revoke", "_selected_action": [valid.pk]}, follow=True
+        reverse("admin:apikeys_apikey_changelist"),
+        {"action": "revoke", "_selected_action": [valid.pk], "post": "yes"},
+        follow=True,
     )
     assert b"Revoked 1 key(s)." in response.content
     valid.refresh_from_db()
@@ -150,6 +162,7 @@ def make_history(rows: int) -> None:
         "inboxes_message_changelist",
         "apikeys_apikey_changelist",
         "inboxes_inbox_changelist",
+        "inboxes_organization_changelist",
     ],
 )
 def test_lists_use_a_constant_number_of_queries(admin_client, url_name: str) -> None:  # type: ignore[no-untyped-def]
@@ -332,6 +345,7 @@ def test_a_key_is_limited_to_inboxes_of_its_own_organization(admin_client, leak_
         inbox_id="inb_xyzinbox12345678", organization=Organization.objects.get(public_id="org_xyz"), email="x@xyz.test"
     )
     form = {"organization": org.pk, "name": "limited", "scopes": ["smtp:send"], "expires_at_0": "", "expires_at_1": ""}
+    form["one_time_token"] = one_time_token(admin_client)  # kept by a form refused for its inboxes
     refused = admin_client.post(reverse("admin:apikeys_apikey_add"), {**form, "inboxes": [foreign.pk]})
     assert refused.status_code == 200 and "Not inboxes of org_abc: inb_xyzinbox12345678" in refused.content.decode()
     assert not ApiKey.objects.filter(name="limited").exists()
