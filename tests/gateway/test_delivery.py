@@ -350,3 +350,13 @@ def test_operators_retry_now_and_cancel(gateway: LiveGateway, admin_client: Any)
     assert statuses(queue_id) == {"a@example.com": "cancelled"}
     assert Message.objects.get(queue_id=queue_id).status == "cancelled"
     assert not Message.objects.filter(envelope_from="").exists()  # a cancellation sends no bounce
+
+
+def test_the_banner_warns_of_a_plaintext_upstream_and_of_files(
+    gateway: LiveGateway, plain_sink: Sink, tmp_path: Path
+) -> None:
+    plain = deliver(plain_sink.url())
+    assert "tls=none" in plain_sink.url()
+    assert "WARNING:     no TLS to the upstream (tls=none): for a loopback sink only" in plain
+    files = deliver(f"file://{tmp_path / 'outbox'}")
+    assert "NOTE:        mail is written to files, not sent (development)" in files and "WARNING" not in files
