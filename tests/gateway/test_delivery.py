@@ -353,7 +353,7 @@ def test_operators_retry_now_and_cancel(gateway: LiveGateway, admin_client: Any)
 
 
 def test_the_banner_warns_of_a_plaintext_upstream_and_of_files(
-    gateway: LiveGateway, plain_sink: Sink, tmp_path: Path
+    scenarios: None, plain_sink: Sink, tmp_path: Path
 ) -> None:
     plain = deliver(plain_sink.url())
     assert "tls=none" in plain_sink.url()
