@@ -34,6 +34,7 @@ class Deliver:
             "DEBUG": "true",
             "DELIVERY_RELAY_URL": relay,
             "DELIVERY_POLL_INTERVAL": "0.05",
+            "DELIVERY_METRICS_PORT": "0",
             **env,
         }
         self.process = subprocess.Popen(
