@@ -14,6 +14,7 @@ processes' files), ``health`` answers the two checks
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from collections.abc import Callable
@@ -38,6 +39,15 @@ class Health(Protocol):
     def ready(self) -> tuple[bool, str]:
         """/readyz: listening, not draining, the database reachable."""
         ...
+
+
+def why_not_listening(error: OSError) -> str:
+    """A bind error, said for an operator (also for the SMTP listeners)."""
+    return {
+        errno.EADDRINUSE: "that port is already in use",
+        errno.EACCES: "permission denied (ports below 1024 need privileges)",
+        errno.EADDRNOTAVAIL: "that address is not on this machine",
+    }.get(error.errno or 0, error.strerror or str(error))
 
 
 class MetricsPortUnavailable(Exception):

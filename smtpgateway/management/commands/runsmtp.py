@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import logging
 import math
 import os
@@ -22,7 +21,7 @@ from smtpgateway.config import GatewayConfig
 from smtpgateway.metrics import gateway_families
 from smtpgateway.runtime import glibc
 from smtpgateway.runtime.health import DatabaseProbe, GatewayHealth
-from smtpgateway.runtime.monitoring import MetricsPortUnavailable, MonitoringServer
+from smtpgateway.runtime.monitoring import MetricsPortUnavailable, MonitoringServer, why_not_listening
 from smtpgateway.runtime.server import CannotListen, GatewayServer, serve_until_signalled
 from smtpgateway.runtime.supervisor import run_workers
 from smtpgateway.session.auth_exchange import AUTH_MECHANISMS
@@ -104,14 +103,6 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
         asyncio.run(main)
     else:
         raise CommandError(f"SMTP_EVENT_LOOP must be uvloop or asyncio, not {settings.SMTP_EVENT_LOOP!r}.")
-
-
-def why_not_listening(error: OSError) -> str:
-    return {
-        errno.EADDRINUSE: "that port is already in use",
-        errno.EACCES: "permission denied (ports below 1024 need privileges)",
-        errno.EADDRNOTAVAIL: "that address is not on this machine",
-    }.get(error.errno or 0, error.strerror or str(error))
 
 
 def open_metrics_port(port: int | None) -> MonitoringServer | None:
