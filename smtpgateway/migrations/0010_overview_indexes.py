@@ -1,0 +1,39 @@
+"""The indexes the admin's overview page reads through: created_at with success
+and credential_failure beside it (it replaces the plain created_at index, which
+served the newest-first lists and pruneattempts, and still does), and the failed
+credential checks by time with client_network and username beside them. The new
+index is made before the old one goes, so there is always one on created_at.
+INCLUDE is PostgreSQL's; SQLite makes plain indexes of the same keys."""
+
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("apikeys", "0001_initial"),
+        ("inboxes", "0004_message_session_id"),
+        ("smtpgateway", "0009_client_network"),
+    ]
+
+    operations = [
+        migrations.AddIndex(
+            model_name="authattempt",
+            index=models.Index(
+                fields=["created_at"], include=("success", "credential_failure"), name="authattempt_created"
+            ),
+        ),
+        migrations.AlterField(
+            model_name="authattempt",
+            name="created_at",
+            field=models.DateTimeField(),
+        ),
+        migrations.AddIndex(
+            model_name="authattempt",
+            index=models.Index(
+                condition=models.Q(("credential_failure", True)),
+                fields=["created_at"],
+                include=("client_network", "username"),
+                name="authattempt_failed_recent",
+            ),
+        ),
+    ]
