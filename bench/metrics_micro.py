@@ -50,6 +50,7 @@ def measure() -> None:
     runs = 200_000
     per_session = min(timeit.repeat(session, number=runs, repeat=5)) / runs * 1e6
     session()  # something pending for each flush below, as under load
+
     def session_and_flush() -> None:
         session()
         flush()

@@ -1,9 +1,10 @@
 """What the admin's overview page shows (``/admin/overview/``), read in a number
 of queries that does not grow with the tables: the last 24 hours of AUTH
 attempts by hour and outcome, the client networks and usernames with the most
-failed credential checks, the messages accepted by hour, the delivery queue.
+failed credential checks, the messages accepted by hour, the inboxes nearest
+their daily recipient limits, the delivery queue.
 
-Each read goes through an index that holds what it needs (migration 0010):
+Each read goes through an index that holds what it needs (migration 0011):
 the hours through ``authattempt_created`` (created_at, with success and
 credential_failure beside it), the top lists through ``authattempt_failed_recent``
 (the failed credential checks only, with client_network and username beside it).
@@ -23,13 +24,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.core.cache import cache
 from django.db.models import CharField, Count, Q, QuerySet, Value
 from django.db.models.expressions import Case, Func, When
 from django.db.models.functions import Concat, TruncHour
 
 from delivery import queue
-from inboxes.models import Message
+from delivery.models import Recipient
+from inboxes.models import Inbox, Message, RecipientHold
 from smtpgateway.models import AuthAttempt
 
 HOURS = 24
@@ -55,6 +58,22 @@ class Hour:
 
 
 @dataclass(frozen=True)
+class LimitUse:
+    """An inbox's recipients of the last 24 hours against its daily limit, or its
+    organization's (whichever it is nearer)."""
+
+    inbox_id: str
+    organization: str
+    scope: str  # "inbox" or "organization": the limit it is nearer
+    used: int
+    limit: int
+
+    @property
+    def percent(self) -> int:
+        return round(100 * self.used / self.limit)
+
+
+@dataclass(frozen=True)
 class Overview:
     since: datetime
     auth_hours: list[Hour]
@@ -63,6 +82,7 @@ class Overview:
     failing_usernames: list[tuple[str, int]]
     queue: dict[str, int]
     oldest_deferred: datetime | None
+    nearest_limits: list[LimitUse]
 
     @property
     def auth_totals(self) -> dict[str, int]:
@@ -165,6 +185,55 @@ def auth_summaries(now: datetime, starts: list[datetime]) -> list[Summary]:
     return summaries
 
 
+def nearest_limits(now: datetime) -> list[LimitUse]:
+    """The TOP inboxes that have used the most of their daily recipient limit, or
+    of their organization's, counted as the limits count (smtpgateway.storage.
+    sending_limits: recipients of the last 24 hours, bounces aside, and those
+    held for messages not committed yet). Three queries, over the last day's
+    messages only."""
+    since = now - timedelta(hours=24)
+    used: dict[int, int] = {}
+    sent = (
+        Recipient.objects.filter(message__created_at__gt=since)
+        .exclude(message__envelope_from="")
+        .values("message__inbox_id")
+        .annotate(recipients=Count("*"))
+        .order_by()
+    )
+    for row in sent:
+        used[row["message__inbox_id"]] = row["recipients"]
+    held = RecipientHold.objects.filter(expires_at__gt=now).values("inbox_id").annotate(holds=Count("*")).order_by()
+    for row in held:
+        used[row["inbox_id"]] = used.get(row["inbox_id"], 0) + row["holds"]
+    if not used:
+        return []
+    default = settings.SMTP_DAILY_RECIPIENT_LIMIT
+    inboxes = list(
+        Inbox.objects.filter(pk__in=used).values(
+            "pk", "inbox_id", "daily_recipient_limit", "organization_id", "organization__public_id",
+            "organization__daily_recipient_limit",
+        )
+    )  # fmt: skip
+    by_organization: dict[int, int] = {}
+    for inbox in inboxes:
+        by_organization[inbox["organization_id"]] = by_organization.get(inbox["organization_id"], 0) + used[inbox["pk"]]
+    uses = []
+    for inbox in inboxes:
+        candidates = []
+        for scope, limit, count in (
+            ("inbox", inbox["daily_recipient_limit"], used[inbox["pk"]]),
+            ("organization", inbox["organization__daily_recipient_limit"], by_organization[inbox["organization_id"]]),
+        ):
+            effective = default if limit is None else limit
+            if effective:  # 0: no limit
+                candidates.append(
+                    LimitUse(inbox["inbox_id"], inbox["organization__public_id"], scope, count, effective)
+                )
+        if candidates:
+            uses.append(max(candidates, key=lambda use: use.used / use.limit))
+    return sorted(uses, key=lambda use: (-use.used / use.limit, use.inbox_id))[:TOP]
+
+
 def read_overview(now: datetime) -> Overview:
     starts = hour_starts(now)
     since = starts[0]
@@ -199,4 +268,5 @@ def read_overview(now: datetime) -> Overview:
         failing_usernames=_top(usernames),
         queue={state: depth.get(state, 0) for state in ("queued", "deferred")},
         oldest_deferred=oldest,
+        nearest_limits=nearest_limits(now),
     )

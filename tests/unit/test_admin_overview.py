@@ -17,9 +17,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from delivery.models import Recipient
-from inboxes.models import Inbox, Message
+from inboxes.models import Inbox, Message, Organization
 from smtpgateway.models import AuthAttempt
-from smtpgateway.overview import HOURS, hour_starts, read_overview
+from smtpgateway.overview import HOURS, LimitUse, hour_starts, read_overview
 
 pytestmark = pytest.mark.usefixtures("scenarios")
 
@@ -106,6 +106,18 @@ def test_counts_of_known_rows(known_rows: datetime, reads: int) -> None:
     assert data.message_hours[-1].total == 3 and data.message_hours[-6].total == 1
     assert data.queue == {"queued": 1, "deferred": 2}
     assert data.oldest_deferred is not None
+    # No limit set anywhere (SMTP_DAILY_RECIPIENT_LIMIT is 0): nobody is near one.
+    assert data.nearest_limits == []
+
+
+def test_inboxes_nearest_their_limits(known_rows: datetime) -> None:
+    Inbox.objects.filter(inbox_id="inb_valid1234567890").update(daily_recipient_limit=10)
+    assert read_overview(known_rows).nearest_limits == [
+        LimitUse("inb_valid1234567890", "org_abc", "inbox", used=4, limit=10)
+    ]
+    Organization.objects.filter(public_id="org_abc").update(daily_recipient_limit=5)
+    (use,) = read_overview(known_rows).nearest_limits
+    assert (use.scope, use.used, use.limit, use.percent) == ("organization", 4, 5, 80)
 
 
 def test_the_page_draws_its_charts_as_svg_and_escapes_what_clients_sent(
@@ -142,8 +154,8 @@ def test_a_fixed_number_of_queries_however_many_rows(admin_client: Client, known
     cache.clear()
     assert (queries(), queries()) == (cold, warm)
     # Session and user, then: the hours not kept, their networks and usernames;
-    # the messages; the queue (two).
-    assert warm == 2 + 3 + 1 + 2, warm
+    # the messages; the queue (two); the sending limits (three).
+    assert warm == 2 + 3 + 1 + 2 + 3, warm
     # The first view summarized each settled hour in three queries: 22 or 23 of
     # them (the last hour settles two minutes after it ended).
     assert cold - warm in (3 * (HOURS - 2), 3 * (HOURS - 1)), cold
