@@ -8,9 +8,11 @@ worst case; 720 is 30 days, as a table pruned at 90 days holds them), 80 %
 successes, 15 % failed credential checks from 5,000 clients (IPv4 and IPv6),
 5 % other failures. Then VACUUM ANALYZE, as autovacuum does after a large
 insert, and GET /admin/overview/ as a staff user through Django's test client:
-once cold (a fresh connection, nothing in the cache: every settled hour is
-summarized), then ``--runs`` times (the settled hours from the cache, the current
-hour read); prints the median and the slowest, and the plan of each query.
+once cold (a fresh connection; after a fill no settled hour has its
+AuthHourSummary yet, so each is summarized), then ``--runs`` times (the settled
+hours from their summaries, the current hour read); prints the median and the
+slowest, and the plan of each query. ``--keep`` measures again without a new
+fill: a fresh process, the summaries there.
 
     python bench/overview_run.py [--rows 2000000] [--hours 24] [--runs 15]
 
@@ -142,7 +144,8 @@ def measure(runs: int) -> None:
     in_window = AuthAttempt.objects.filter(created_at__gte=timezone.now() - timedelta(hours=24)).count()
     print(f"rows: {AuthAttempt.objects.count():,} ({in_window:,} in the last 24 h)")
     print(
-        f"GET /admin/overview/: first view {cold:.0f} ms (summarizes the settled hours); "
+        f"GET /admin/overview/: first view {cold:.0f} ms (a fresh connection; summarizes the settled hours "
+        "that have no summary yet); "
         f"then median {statistics.median(warm):.0f} ms, slowest {max(warm):.0f} ms"
     )
     print(f"its reads alone (read_overview): median {statistics.median(reads):.0f} ms, slowest {max(reads):.0f} ms")

@@ -115,3 +115,20 @@ class AuthAttempt(models.Model):
     def __str__(self) -> str:
         outcome = "ok" if self.success else self.reason
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.username or '-'} {outcome}"
+
+
+class AuthHourSummary(models.Model):
+    """One settled hour of AuthAttempt rows as the admin's overview shows it
+    (``smtpgateway.overview``): written once, by the first view that needs it,
+    then read by every view of the next day instead of that hour's rows."""
+
+    hour = models.DateTimeField(unique=True, help_text="The hour's start (UTC).")
+    counts = models.JSONField(help_text="Attempts by outcome.")
+    networks = models.JSONField(help_text="Failed credential checks by client network: the hour's most.")
+    usernames = models.JSONField(help_text="Failed credential checks by username: the hour's most.")
+
+    class Meta:
+        verbose_name = "AUTH hour summary"
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}:00"

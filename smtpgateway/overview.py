@@ -12,11 +12,11 @@ On PostgreSQL those are index-only scans.
 
 Even so, counting a day of attempts means reading every one of them: 2 million
 in a day took 2 s on the benchmark machine. So an hour that is over (and
-:data:`SETTLED`) is summarized once and kept in Django's cache for a day (its
-counts, and its :data:`TOP_PER_HOUR` networks and usernames); a view reads the
-hours not yet kept, the current one at least, and merges. The top lists are then
-exact for those hours and for anything among an earlier hour's top 200.
-Figures in docs/performance.md.
+:data:`SETTLED`) is summarized once into an ``AuthHourSummary`` row (its counts,
+and its :data:`TOP_PER_HOUR` networks and usernames), shared by every admin
+process; a view reads the summaries and the hours not summarized, the current one
+at least, and merges. The top lists are then exact for those hours and for
+anything among an earlier hour's top 200. Figures in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.core.cache import cache
+from django.db import transaction
 from django.db.models import CharField, Count, Q, QuerySet, Value
 from django.db.models.expressions import Case, Func, When
 from django.db.models.functions import Concat, TruncHour
@@ -33,7 +33,7 @@ from django.db.models.functions import Concat, TruncHour
 from delivery import queue
 from delivery.models import Recipient
 from inboxes.models import Inbox, Message, RecipientHold
-from smtpgateway.models import AuthAttempt
+from smtpgateway.models import AuthAttempt, AuthHourSummary
 
 HOURS = 24
 TOP = 10
@@ -42,7 +42,6 @@ TOP_PER_HOUR = 200  # networks and usernames an hour's summary keeps
 # the database could not take are written later, with their own time (every 5 s
 # once it is back; docs/reliability.md).
 SETTLED = timedelta(minutes=2)
-CACHE_KEY = "overview:v1:{:%Y-%m-%dT%H}"
 # The outcomes the chart stacks, bottom to top.
 OUTCOMES = ("success", "failed credentials", "other failures")
 
@@ -169,17 +168,24 @@ def _top(counts: dict[str, int]) -> list[tuple[str, int]]:
 
 
 def auth_summaries(now: datetime, starts: list[datetime]) -> list[Summary]:
-    """The window's hours: those settled from the cache (summarized now if not
-    there yet), the rest read in one go."""
+    """The window's hours: the settled ones from their AuthHourSummary rows
+    (summarized and written now where there is none yet), the rest read."""
     settled = [start for start in starts if start + timedelta(hours=1) + SETTLED <= now]
-    kept = cache.get_many([CACHE_KEY.format(start) for start in settled])
-    summaries = []
+    kept = {row.hour: row for row in AuthHourSummary.objects.filter(hour__in=settled)}
+    summaries, made = [], []
     for start in settled:
-        summary = kept.get(CACHE_KEY.format(start))
-        if summary is None:
+        row = kept.get(start)
+        if row is None:
             summary = summarize(start, start + timedelta(hours=1), top=TOP_PER_HOUR)
-            cache.set(CACHE_KEY.format(start), summary, timeout=int(timedelta(hours=HOURS + 1).total_seconds()))
-        summaries.append(summary)
+            counts = summary.hours.get(start, dict.fromkeys(OUTCOMES, 0))
+            row = AuthHourSummary(hour=start, counts=counts, networks=summary.networks, usernames=summary.usernames)
+            made.append(row)
+        summaries.append(Summary({start: dict(row.counts)}, dict(row.networks), dict(row.usernames)))
+    if made:
+        # Another view may have written the same hours meanwhile: the same rows.
+        with transaction.atomic():
+            AuthHourSummary.objects.bulk_create(made, ignore_conflicts=True)
+            AuthHourSummary.objects.filter(hour__lt=starts[0] - timedelta(hours=HOURS)).delete()
     live_since = settled[-1] + timedelta(hours=1) if settled else starts[0]
     summaries.append(summarize(live_since, None))
     return summaries
