@@ -4,7 +4,7 @@ attempts by hour and outcome, the client networks and usernames with the most
 failed credential checks, the messages accepted by hour, the inboxes nearest
 their daily recipient limits, the delivery queue.
 
-Each read goes through an index that holds what it needs (migration 0011):
+Each read goes through an index that holds what it needs (migration 0012):
 the hours through ``authattempt_created`` (created_at, with success and
 credential_failure beside it), the top lists through ``authattempt_failed_recent``
 (the failed credential checks only, with client_network and username beside it).
@@ -21,19 +21,20 @@ anything among an earlier hour's top 200. Figures in docs/performance.md.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import CharField, Count, Q, QuerySet, Value
+from django.db.models import CharField, Count, Q, QuerySet, Sum, Value
 from django.db.models.expressions import Case, Func, When
 from django.db.models.functions import Concat, TruncHour
 
 from delivery import queue
-from delivery.models import Recipient
-from inboxes.models import Inbox, Message, RecipientHold
+from inboxes.models import Inbox, Message, RecipientHold, SendingTally
 from smtpgateway.models import AuthAttempt, AuthHourSummary
+from smtpgateway.storage.sending_limits import INBOX, ORGANIZATION, WINDOW, minute_of
 
 HOURS = 24
 TOP = 10
@@ -193,45 +194,49 @@ def auth_summaries(now: datetime, starts: list[datetime]) -> list[Summary]:
 
 def nearest_limits(now: datetime) -> list[LimitUse]:
     """The TOP inboxes that have used the most of their daily recipient limit, or
-    of their organization's, counted as the limits count (smtpgateway.storage.
-    sending_limits: recipients of the last 24 hours, bounces aside, and those
-    held for messages not committed yet). Three queries, over the last day's
-    messages only."""
-    since = now - timedelta(hours=24)
-    used: dict[int, int] = {}
-    sent = (
-        Recipient.objects.filter(message__created_at__gt=since)
-        .exclude(message__envelope_from="")
-        .values("message__inbox_id")
-        .annotate(recipients=Count("*"))
+    of their organization's, counted as the limits count
+    (``smtpgateway.storage.sending_limits``: the per-minute tallies of the last 24
+    hours, and the holds of messages not committed yet). Three queries, over at
+    most a day of tallies."""
+    used = {INBOX: Counter[int](), ORGANIZATION: Counter[int]()}
+    tallies = (
+        SendingTally.objects.filter(minute__gte=minute_of(now - WINDOW))
+        .values("scope", "owner_id")
+        .annotate(recipients=Sum("recipients"))
         .order_by()
     )
-    for row in sent:
-        used[row["message__inbox_id"]] = row["recipients"]
-    held = RecipientHold.objects.filter(expires_at__gt=now).values("inbox_id").annotate(holds=Count("*")).order_by()
-    for row in held:
-        used[row["inbox_id"]] = used.get(row["inbox_id"], 0) + row["holds"]
-    if not used:
+    for row in tallies:
+        used[row["scope"]][row["owner_id"]] += row["recipients"]
+    holds = (
+        RecipientHold.objects.filter(expires_at__gt=now)
+        .values("inbox_id", "organization_id")
+        .annotate(holds=Count("*"))
+        .order_by()
+    )
+    for row in holds:
+        used[INBOX][row["inbox_id"]] += row["holds"]
+        used[ORGANIZATION][row["organization_id"]] += row["holds"]
+    if not used[INBOX]:
         return []
     default = settings.SMTP_DAILY_RECIPIENT_LIMIT
-    inboxes = list(
-        Inbox.objects.filter(pk__in=used).values(
-            "pk", "inbox_id", "daily_recipient_limit", "organization_id", "organization__public_id",
-            "organization__daily_recipient_limit",
-        )
+    # The inboxes that sent: each by its own limit or its organization's, the nearer.
+    inboxes = Inbox.objects.filter(pk__in=list(used[INBOX])).values(
+        "pk", "inbox_id", "daily_recipient_limit", "organization_id", "organization__public_id",
+        "organization__daily_recipient_limit",
     )  # fmt: skip
-    by_organization: dict[int, int] = {}
-    for inbox in inboxes:
-        by_organization[inbox["organization_id"]] = by_organization.get(inbox["organization_id"], 0) + used[inbox["pk"]]
     uses = []
     for inbox in inboxes:
         candidates = []
         for scope, limit, count in (
-            ("inbox", inbox["daily_recipient_limit"], used[inbox["pk"]]),
-            ("organization", inbox["organization__daily_recipient_limit"], by_organization[inbox["organization_id"]]),
+            ("inbox", inbox["daily_recipient_limit"], used[INBOX][inbox["pk"]]),
+            (
+                "organization",
+                inbox["organization__daily_recipient_limit"],
+                used[ORGANIZATION][inbox["organization_id"]],
+            ),
         ):
             effective = default if limit is None else limit
-            if effective:  # 0: no limit
+            if effective and count:  # 0: no limit
                 candidates.append(
                     LimitUse(inbox["inbox_id"], inbox["organization__public_id"], scope, count, effective)
                 )

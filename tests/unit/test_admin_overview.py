@@ -19,6 +19,7 @@ from delivery.models import Recipient
 from inboxes.models import Inbox, Message, Organization
 from smtpgateway.models import AuthAttempt, AuthHourSummary
 from smtpgateway.overview import HOURS, LimitUse, hour_starts, read_overview
+from smtpgateway.storage import sending_limits
 
 pytestmark = pytest.mark.usefixtures("scenarios")
 
@@ -105,13 +106,24 @@ def test_counts_of_known_rows(known_rows: datetime, reads: int) -> None:
 
 
 def test_inboxes_nearest_their_limits(known_rows: datetime) -> None:
-    Inbox.objects.filter(inbox_id="inb_valid1234567890").update(daily_recipient_limit=10)
+    inbox = Inbox.objects.get(inbox_id="inb_valid1234567890")
+    other = Inbox.objects.get(inbox_id="inb_disabled456789012")  # the same organization
+    # As the committer tallies messages: 3 recipients an hour ago, 1 just now; and
+    # one more day-old (no longer counted); the other inbox sent 1.
+    sending_limits.tally([(inbox.pk, inbox.organization_id, 3)], known_rows - timedelta(hours=1))
+    sending_limits.tally([(inbox.pk, inbox.organization_id, 1), (other.pk, other.organization_id, 1)], known_rows)
+    sending_limits.tally([(inbox.pk, inbox.organization_id, 50)], known_rows - timedelta(hours=25))
+    assert read_overview(known_rows).nearest_limits == []  # no limit set anywhere
+    Inbox.objects.filter(pk=inbox.pk).update(daily_recipient_limit=10)
     assert read_overview(known_rows).nearest_limits == [
         LimitUse("inb_valid1234567890", "org_abc", "inbox", used=4, limit=10)
     ]
-    Organization.objects.filter(public_id="org_abc").update(daily_recipient_limit=5)
-    (use,) = read_overview(known_rows).nearest_limits
-    assert (use.scope, use.used, use.limit, use.percent) == ("organization", 4, 5, 80)
+    Organization.objects.filter(public_id="org_abc").update(daily_recipient_limit=8)
+    nearest = read_overview(known_rows).nearest_limits
+    assert [(use.inbox_id, use.scope, use.used, use.limit, use.percent) for use in nearest] == [
+        ("inb_disabled456789012", "organization", 5, 8, 62),
+        ("inb_valid1234567890", "organization", 5, 8, 62),
+    ]
 
 
 def test_the_page_draws_its_charts_as_svg_and_escapes_what_clients_sent(
@@ -151,8 +163,9 @@ def test_a_fixed_number_of_queries_however_many_rows(admin_client: Client, known
     AuthHourSummary.objects.all().delete()
     assert (queries(), queries()) == (cold, warm)
     # Session and user, then: the summaries, the hours not summarized with their
-    # networks and usernames; the messages; the queue (two); the sending limits (three).
-    assert warm == 2 + 1 + 3 + 1 + 2 + 3, warm
+    # networks and usernames; the messages; the queue (two); the sending limits
+    # (two: nobody has sent; three once someone has).
+    assert warm == 2 + 1 + 3 + 1 + 2 + 2, warm
     # The first view summarized each settled hour in three queries, 22 or 23 of
     # them (the last hour settles two minutes after it ended), and wrote them (and
     # deleted summaries older than a day) in two more.

@@ -13,7 +13,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ("apikeys", "0001_initial"),
         ("inboxes", "0004_message_session_id"),
-        ("smtpgateway", "0010_inbox_not_allowed_malformed_key"),
+        ("smtpgateway", "0011_operator_labels"),
     ]
 
     operations = [
