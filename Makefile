@@ -1,5 +1,5 @@
 # Two commands for a fresh machine with Python 3.11:
-#   make run   - set up, then the SMTP gateway (127.0.0.1:2525) and the admin (127.0.0.1:8000)
+#   make run   - set up, then the SMTP gateway (127.0.0.1:2525, metrics on 9325) and the admin (127.0.0.1:8000)
 #   make test  - set up, then the whole test suite
 # and for developers:
 #   make check     - ruff (lint, format), mypy (strict), makemigrations --check
@@ -30,12 +30,13 @@ setup: $(INSTALLED) .env
 	$(PY) manage.py gencert --if-missing
 
 # runsmtp in the foreground, the admin and the delivery worker beside it; Ctrl-C stops all.
+# Metrics (docs/operations.md#metrics): the gateway's on 127.0.0.1:9325, the delivery worker's on 9326.
 run: setup
 	@$(PY) manage.py demohint
 	@trap 'kill $$web $$deliver 2>/dev/null; wait $$web $$deliver 2>/dev/null' EXIT INT TERM; \
 	$(PY) manage.py runserver 127.0.0.1:8000 --noreload & web=$$!; \
-	$(PY) manage.py deliver & deliver=$$!; \
-	$(PY) manage.py runsmtp
+	$(PY) manage.py deliver --metrics-port 9326 & deliver=$$!; \
+	$(PY) manage.py runsmtp --metrics-port 9325
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -113,6 +113,10 @@ elif _db["ENGINE"] in ("django.db.backends.postgresql",):
     )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# "SQLite does not support indexes with non-key columns": the INCLUDE columns of
+# AuthAttempt's overview indexes are for PostgreSQL's index-only scans; SQLite
+# makes the same indexes without them, which is all it needs.
+SILENCED_SYSTEM_CHECKS = ["models.W040"]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -190,6 +194,10 @@ SMTP_DATA_TIMEOUT: float = env.float("SMTP_DATA_TIMEOUT", default=600.0)
 SMTP_SHUTDOWN_GRACE: float = env.float("SMTP_SHUTDOWN_GRACE", default=30.0)
 # AuthAttempt records kept in memory while the database cannot take them.
 SMTP_AUTH_BACKLOG_MAX: int = env.int("SMTP_AUTH_BACKLOG_MAX", default=10_000)
+# Prometheus metrics at /metrics, with /healthz and /readyz, on this port (0: off);
+# with runsmtp --workers the supervisor serves the sum of its workers.
+SMTP_METRICS_PORT: int = env.int("SMTP_METRICS_PORT", default=0)
+SMTP_METRICS_HOST: str = env.str("SMTP_METRICS_HOST", default="127.0.0.1")
 
 # --- Delivery (manage.py deliver; docs/delivery.md) ------------------------------
 # Where accepted mail goes: smtp://user:password@host:587 (STARTTLS required,
@@ -213,6 +221,10 @@ DELIVERY_LEASE: float = env.float("DELIVERY_LEASE", default=300.0)
 DELIVERY_POLL_INTERVAL: float = env.float("DELIVERY_POLL_INTERVAL", default=0.2)
 # Seconds SIGTERM/SIGINT gives the deliveries in flight before deliver exits.
 DELIVERY_SHUTDOWN_GRACE: float = env.float("DELIVERY_SHUTDOWN_GRACE", default=30.0)
+# The delivery worker's own Prometheus metrics (queue depth, attempts, latency) at
+# /metrics on this port (0: off); one port per worker process.
+DELIVERY_METRICS_PORT: int = env.int("DELIVERY_METRICS_PORT", default=0)
+DELIVERY_METRICS_HOST: str = env.str("DELIVERY_METRICS_HOST", default="127.0.0.1")
 
 # --- Logging ---------------------------------------------------------------------
 LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO")

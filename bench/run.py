@@ -23,7 +23,10 @@ come from random 127.x.y.z addresses, as from many hosts.
 
 Writes docs/benchmarks.md (with the date and machine) and docs/benchmarks.png.
 Options: --seconds N per cell (default 3), --quick (2 concurrencies, 1 s; writes
-var/bench/benchmarks.md instead).
+var/bench/benchmarks.md instead), --metrics (our servers count and serve metrics,
+SMTP_METRICS_PORT), --metrics-cost (only this: the AUTH cells of two SQLite
+gateways, one without metrics and one with them and scraped once a cell,
+alternating; prints the ratios).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ INBOX, KEY, WRONG_KEY = (
 TWO_CPUS = (os.cpu_count() or 1) >= 2
 SERVER_CPU, CLIENT_CPU = "0", "1"
 SCALING: tuple[str, dict[str, Any]] | None = None
+METRICS = False  # --metrics: our servers count and serve metrics
 T = TypeVar("T")
 # One server's cells: (scenario name, concurrency) -> what the load generator measured.
 Cells = dict[tuple[str, int], dict[str, Any]]
@@ -105,6 +109,11 @@ GATEWAY_ENV = {
     # (a) and (b) would compare logging settings instead of the AUTH paths.
     "LOG_LEVEL": "INFO",
 }
+
+
+def with_metrics(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the metrics port on (a free one)."""
+    return {**env, "SMTP_METRICS_PORT": str(free_port())}
 
 
 def pinned(cpu: str, command: list[str]) -> list[str]:
@@ -168,6 +177,9 @@ class Server:
     def __init__(self, label: str, command: list[str], env: dict[str, str] | None = None) -> None:
         self.label = label
         self.port = free_port()
+        if METRICS and "reference" not in label:
+            env = with_metrics(env or {})
+        self.env = env or {}
         self.process = subprocess.Popen(
             pinned(
                 SERVER_CPU, [*command, str(self.port)] if "reference" in label else [*command, "--port", str(self.port)]
@@ -588,15 +600,77 @@ def chart(results: dict[str, Cells], concurrencies: list[int], path: Path) -> No
     figure.savefig(path, dpi=90)
 
 
+def metrics_cost(seconds: float, rounds: int) -> None:
+    """The AUTH cells without and with metrics, on two SQLite gateways (each its
+    own database file) that take turns (ABBA...), since this machine drifts
+    between cells a dozen seconds apart by more than the cost measured here. The
+    one with metrics is scraped after each of its cells, as Prometheus would,
+    outside the cell's figures (a scrape takes ~3 ms in the metrics thread)."""
+    import urllib.request
+
+    python = sys.executable
+    servers = {}
+    for label in ("without", "with"):
+        url = f"sqlite:///{BUILD / f'bench-{label}.sqlite3'}"
+        for stale in BUILD.glob(f"bench-{label}.sqlite3*"):
+            stale.unlink()
+        prepare_database(url)
+        env = {**GATEWAY_ENV, "DATABASE_URL": url}
+        servers[label] = Server(
+            f"ours, SQLite, metrics {label}",
+            [python, "manage.py", "runsmtp"],
+            with_metrics(env) if label == "with" else env,
+        )
+    scrape_port = int(servers["with"].env["SMTP_METRICS_PORT"])
+
+    def cell(label: str, scenario: Scenario, concurrency: int) -> dict[str, Any]:
+        measured = run_cell(servers[label], scenario, concurrency, seconds)
+        if label == "with":
+            urllib.request.urlopen(f"http://127.0.0.1:{scrape_port}/metrics", timeout=10).read()
+        return measured
+
+    try:
+        for scenario in SCENARIOS[:2]:
+            for concurrency in (1, 64):
+                pairs = alternating(
+                    functools.partial(cell, "without", scenario, concurrency),
+                    functools.partial(cell, "with", scenario, concurrency),
+                    rounds,
+                )
+                rates = [b["rate"] / a["rate"] for a, b in pairs]
+                cpus = [b["cpu_ms"] / a["cpu_ms"] for a, b in pairs]
+                print(
+                    f"{scenario.name:10} c={concurrency:<3} sessions/s with ÷ without: median {statistics.median(rates):.3f} "
+                    f"({min(rates):.3f}-{max(rates):.3f}); CPU per session: median {statistics.median(cpus):.3f} "
+                    f"({min(cpus):.3f}-{max(cpus):.3f}); rates without/with "
+                    f"{statistics.median(a['rate'] for a, _ in pairs):.0f}/{statistics.median(b['rate'] for _, b in pairs):.0f}; "
+                    f"errors {sum(a['errors'] + b['errors'] for a, b in pairs):.0f}",
+                    flush=True,
+                )
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
 def main() -> None:
+    global SCALING, METRICS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per cell (default 3)")
     parser.add_argument("--quick", action="store_true", help="concurrency 1 and 64 only, 1 s per cell")
+    parser.add_argument("--metrics", action="store_true", help="our servers count and serve metrics")
+    parser.add_argument(
+        "--metrics-cost", action="store_true", help="only the AUTH cells without and with metrics, alternating"
+    )
+    parser.add_argument("--rounds", type=int, default=8, help="--metrics-cost: cells of each (default 8)")
     args = parser.parse_args()
     seconds = 1.0 if args.quick else args.seconds
     concurrencies = [1, 64] if args.quick else CONCURRENCY
 
     build_loadgen()
+    if args.metrics_cost:
+        metrics_cost(seconds, args.rounds)
+        return
+    METRICS = args.metrics
     python = sys.executable
     servers: list[tuple[str, list[str], dict[str, str] | None]] = [
         ("reference", [python, "bench/reference_server.py"], None),
@@ -655,7 +729,6 @@ def main() -> None:
         finally:
             fresh.stop()
 
-    global SCALING
     label, command, env = servers[-1]  # PostgreSQL when there is one: SQLite has one writer
     SCALING = (label, scaling_profile(command, env or {}, seconds, 1 if args.quick else SCALING_ROUNDS))
     report = render(results, memory, paired, speeds, seconds, concurrencies)

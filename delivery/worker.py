@@ -30,6 +30,7 @@ from delivery import queue as work
 from delivery.relay import RelayTarget, Upstream
 from delivery.retry import RetryPolicy
 from delivery.signing import SigningKey, sign
+from smtpgateway.metrics import DeliveryMetrics
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ IDLE_CLOSE = 10.0  # seconds an upstream connection may sit unused before it is 
 KEYS_REFRESH = 30.0  # seconds between re-reads of the DKIM keys
 RESULT_WAIT = 0.02  # seconds the dispatcher waits for results before it looks again
 RESULT_GATHER = 0.02  # seconds it then gathers more before recording them together
+QUEUE_METRICS_INTERVAL = 5.0  # seconds between reads of the queue's depth (with metrics on)
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,11 @@ _STOP_SENDER = None
 
 
 class DeliveryWorker:
-    def __init__(self, settings: WorkerSettings) -> None:
+    def __init__(self, settings: WorkerSettings, metrics: DeliveryMetrics | None = None) -> None:
+        """``metrics``: counted by the dispatcher (``deliver --metrics-port``)."""
         self.settings = settings
+        self.metrics = metrics
+        self._queue_read = -QUEUE_METRICS_INTERVAL
         self.owner = work.new_owner()
         self.stopping = threading.Event()
         self.stop_now = threading.Event()
@@ -83,6 +88,7 @@ class DeliveryWorker:
         try:
             while not self.stopping.is_set():
                 close_old_connections()
+                self._read_queue_depth()
                 self._record(self._collect(wait=self._in_flight > 0))
                 if time.monotonic() - renewed > self.settings.lease / 3 and self._in_flight:
                     work.renew(self.owner, self.settings.lease)
@@ -94,6 +100,13 @@ class DeliveryWorker:
                     self.stopping.wait(self.settings.poll_interval)
         finally:
             self._drain()
+
+    def _read_queue_depth(self) -> None:
+        if self.metrics is None or time.monotonic() - self._queue_read < QUEUE_METRICS_INTERVAL:
+            return
+        self._queue_read = time.monotonic()
+        counts, oldest = work.queue_depth()
+        self.metrics.queue_depth(counts, time.time() - oldest.timestamp() if oldest else 0.0)
 
     def _claim(self) -> int:
         # Claim in batches, when half the senders' queue has room: a claim is a
@@ -138,6 +151,8 @@ class DeliveryWorker:
             return
         work.record(done, self.settings.policy, self.settings.hostname)
         self._in_flight -= len(done)
+        if self.metrics is not None:
+            self._count(done)
         for delivered in done:
             for outcome in delivered.result.recipients:
                 self.delivered += 1
@@ -154,6 +169,18 @@ class DeliveryWorker:
                         "status": outcome.status,
                     },
                 )
+
+    def _count(self, done: list[work.Delivered]) -> None:
+        assert self.metrics is not None
+        now = time.time()
+        for delivered in done:
+            self.metrics.upstream_duration.observe(delivered.result.duration)
+            outcomes = delivered.result.recipients
+            self.metrics.attempted(outcome.status for outcome in outcomes)
+            accepted = delivered.message.accepted_at.timestamp()
+            for outcome in outcomes:
+                if outcome.status == "delivered":
+                    self.metrics.latency.observe(max(0.0, now - accepted))
 
     def _drain(self) -> None:
         """Stop: give back what no sender started, let the others finish within

@@ -53,6 +53,9 @@ class GatewayConfig:
     # Recipients an inbox, and an organization, may send to per 24 hours, where
     # its own field is empty (0: no limit).
     daily_recipient_limit: int = 0
+    # Count metrics (smtpgateway.metrics): on when they are served, by this
+    # process (SMTP_METRICS_PORT) or by the --workers supervisor.
+    metrics: bool = False
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> GatewayConfig:
@@ -87,5 +90,6 @@ class GatewayConfig:
             data_timeout=settings.SMTP_DATA_TIMEOUT,
             shutdown_grace=settings.SMTP_SHUTDOWN_GRACE,
             proxy_protocol=settings.SMTP_PROXY_PROTOCOL,
+            metrics=bool(settings.SMTP_METRICS_PORT),
         )
         return replace(config, **{k: v for k, v in overrides.items() if v is not None})

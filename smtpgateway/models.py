@@ -17,7 +17,7 @@ class AuthAttempt(models.Model):
     # random keys cost a page write each per row (the rate limit has its own
     # index, below). reason's index is a plain one: Django's db_index adds a
     # LIKE-pattern twin on PostgreSQL that nothing uses.
-    created_at = models.DateTimeField(db_index=True)
+    created_at = models.DateTimeField()  # indexed below (authattempt_created)
     remote_addr = models.GenericIPAddressField("client address", null=True, blank=True)
     remote_port = models.PositiveIntegerField("client port", null=True, blank=True)
     client_network = models.CharField(
@@ -75,6 +75,18 @@ class AuthAttempt(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
+            # Newest first (the admin's lists, pruneattempts), and the overview's
+            # hours by outcome: success and credential_failure beside the key let
+            # PostgreSQL count a day of attempts from the index alone.
+            models.Index(fields=["created_at"], include=["success", "credential_failure"], name="authattempt_created"),
+            # The overview's top failing networks and usernames of the last day: the
+            # failed credential checks only, what they are grouped by beside them.
+            models.Index(
+                fields=["created_at"],
+                include=["client_network", "username"],
+                condition=models.Q(credential_failure=True),
+                name="authattempt_failed_recent",
+            ),
             # The rate limit counts a client's (client_network's) recent failed
             # credential checks on every AUTH. This partial index holds only those
             # rows: not successes, and not the refusals of a client already locked
@@ -103,3 +115,20 @@ class AuthAttempt(models.Model):
     def __str__(self) -> str:
         outcome = "ok" if self.success else self.reason
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.username or '-'} {outcome}"
+
+
+class AuthHourSummary(models.Model):
+    """One settled hour of AuthAttempt rows as the admin's overview shows it
+    (``smtpgateway.overview``): written once, by the first view that needs it,
+    then read by every view of the next day instead of that hour's rows."""
+
+    hour = models.DateTimeField(unique=True, help_text="The hour's start (UTC).")
+    counts = models.JSONField(help_text="Attempts by outcome.")
+    networks = models.JSONField(help_text="Failed credential checks by client network: the hour's most.")
+    usernames = models.JSONField(help_text="Failed credential checks by username: the hour's most.")
+
+    class Meta:
+        verbose_name = "AUTH hour summary"
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}:00"

@@ -254,6 +254,43 @@ def eventually(condition: Any, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+def http_get(port: int, path: str, timeout: float = 10) -> tuple[int, str]:
+    """GET http://127.0.0.1:port/path: (status, body), whatever the status."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse_metrics(text: str) -> Samples:
+    """Prometheus text as {(sample name, its labels): value}, by prometheus-client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def scrape(port: int) -> Samples:
+    status, text = http_get(port, "/metrics")
+    assert status == 200, (status, text[:500])
+    return parse_metrics(text)
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float:
+    """One sample's value; a series that is not there is an error, not a 0."""
+    return samples[(name, frozenset(labels.items()))]
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 NO_TLS = {"SMTP_TLS_CERT_FILE": "", "SMTP_TLS_KEY_FILE": "", "SMTP_TLS_PORT": "0", "SMTP_AUTH_REQUIRE_TLS": "false"}
 
 
+# No metrics port unless the test asks (a developer's .env may set one).
+NO_METRICS = {"SMTP_METRICS_PORT": "0"}
+
 # As the demo runs (.env.example): loopback is never throttled.
 DEMO_THROTTLING = {"SMTP_THROTTLE_EXEMPT": "127.0.0.0/8,::1"}
 
@@ -44,6 +47,7 @@ class RunSmtp:
             "DATABASE_URL": database_url(),
             "DEBUG": "true",
             **NO_TLS,
+            **NO_METRICS,
             **DEMO_THROTTLING,
             **(env or {}),
         }

@@ -115,6 +115,12 @@ class ConnectionRegistry:
         self._per_address[key] += 1
         return True
 
+    def refused_by(self) -> str:
+        """Which limit :meth:`admit` has just refused by (for the metrics)."""
+        if self.max_total and self.total >= self.max_total:
+            return "max_connections"
+        return "max_connections_per_ip"
+
     def release(self, client: Client) -> None:
         key = client.network or ""
         self.total -= 1

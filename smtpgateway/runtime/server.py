@@ -20,6 +20,7 @@ import ssl
 from collections.abc import Callable
 
 from smtpgateway.config import GatewayConfig
+from smtpgateway.metrics import OFF, GatewayMetrics
 from smtpgateway.session.handler import GatewayHandler
 from smtpgateway.session.host import LiveSession
 from smtpgateway.session.protocol import GatewaySMTP
@@ -31,6 +32,10 @@ from smtpgateway.tls import CertificateStore
 log = logging.getLogger("smtpgateway.server")
 
 CLOSE_LINGER = 1.0  # seconds closing sessions get to finish before they are aborted
+# Seconds between heartbeats of the event loop, which also hand the metrics'
+# tallies to prometheus-client (smtpgateway.metrics): a scrape sees counts at
+# most this old, and a worker killed outright loses at most this much of them.
+HEARTBEAT_INTERVAL = 0.25
 
 
 class CannotListen(Exception):
@@ -55,15 +60,20 @@ class GatewayServer:
             # The PROXY header comes before the TLS handshake, which the implicit-TLS
             # listener does first; terminate TLS at the balancer, or use STARTTLS.
             raise ValueError("The PROXY protocol works on the STARTTLS port only; turn off the implicit-TLS port.")
-        self.db = DatabaseThreads(config.committers, config.auth_cache_seconds)
-        self.handler = GatewayHandler(config, self.db)
+        self.metrics = GatewayMetrics(enabled=True) if config.metrics else OFF
+        self.db = DatabaseThreads(
+            config.committers, config.auth_cache_seconds, (self.metrics.check_batch, self.metrics.commit_batch)
+        )
+        self.handler = GatewayHandler(config, self.db, self.metrics)
         self._listeners: list[asyncio.base_events.Server] = []
         self._flush_task: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self.listening = False  # every listener open, and not stopping (for /readyz)
         self._force_stop = asyncio.Event()
         self._stopped = False
 
-    def _new_protocol(self, starttls_context: ssl.SSLContext | None) -> GatewaySMTP:
-        return GatewaySMTP(self.handler, asyncio.get_running_loop(), starttls_context)
+    def _new_protocol(self, starttls_context: ssl.SSLContext | None, listener: str = "submission") -> GatewaySMTP:
+        return GatewaySMTP(self.handler, asyncio.get_running_loop(), starttls_context, listener)
 
     async def start(self) -> None:
         """Open the listeners, or none: if one cannot listen, those already open
@@ -75,7 +85,9 @@ class GatewayServer:
             (self.config.port, "STARTTLS" if context else "plaintext", lambda: self._new_protocol(context), None),
         ]
         if self.config.tls_port is not None:  # 0: any free port (tests)
-            wanted.append((self.config.tls_port, "implicit TLS", lambda: self._new_protocol(None), context))
+            wanted.append(
+                (self.config.tls_port, "implicit TLS", lambda: self._new_protocol(None, "implicit_tls"), context)
+            )
         for port, kind, factory, implicit_tls in wanted:
             try:
                 listener = await loop.create_server(
@@ -101,6 +113,9 @@ class GatewayServer:
         self.port: int = ports[0]
         self.tls_port: int | None = ports[1] if len(ports) > 1 else None
         self._flush_task = loop.create_task(self._flush_kept_records())
+        if self.metrics.enabled:
+            self._heartbeat_task = loop.create_task(self._heartbeat())
+        self.listening = True
 
     @property
     def sessions(self) -> set[LiveSession]:
@@ -118,6 +133,21 @@ class GatewayServer:
             if len(recorder):
                 await self.db.commit(FlushJob())
 
+    async def _heartbeat(self) -> None:
+        """Every HEARTBEAT_INTERVAL: the metrics' tallies and gauges, and the
+        heartbeat by which the --workers supervisor's /healthz knows that this
+        event loop runs."""
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while True:
+            now = loop.time()
+            self._publish_metrics(lag=max(0.0, now - due))
+            due = now + HEARTBEAT_INTERVAL
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    def _publish_metrics(self, lag: float = 0.0) -> None:
+        self.metrics.flush(len(self.sessions), len(recorder), recorder.dropped, self.handler.body_budget.used, lag)
+
     def force_stop(self) -> None:
         """A second SIGINT/SIGTERM: stop waiting for busy sessions."""
         self._force_stop.set()
@@ -129,6 +159,7 @@ class GatewayServer:
         if self._stopped:
             return
         self._stopped = True
+        self.listening = False
         self.handler.shutting_down = True
         for listener in self._listeners:
             listener.close()
@@ -154,6 +185,9 @@ class GatewayServer:
         await asyncio.sleep(0)  # let connection_lost run for the closed sessions
         await self.db.commit(FlushJob())
         await asyncio.get_running_loop().run_in_executor(None, self.db.shutdown)
+        if self._heartbeat_task is not None:  # after the last batch: its duration counts too
+            self._heartbeat_task.cancel()
+            self._publish_metrics()
         if len(recorder):
             log.error(
                 "%d AuthAttempt record(s) could not be written; they are in this log as JSON lines", len(recorder)

@@ -36,6 +36,7 @@ from django.utils import timezone
 
 from smtpgateway.auth.rules import Outcome, Peer
 from smtpgateway.config import GatewayConfig
+from smtpgateway.metrics import GatewayMetrics
 from smtpgateway.reasons import Reason
 from smtpgateway.session import replies
 from smtpgateway.session.state import ClientGone, GatewaySession, Identity, Overlong
@@ -60,6 +61,7 @@ class Conversation(Protocol):
 
     config: GatewayConfig
     loop: asyncio.AbstractEventLoop
+    metrics: GatewayMetrics
 
     def gateway_session(self) -> GatewaySession: ...
 
@@ -139,6 +141,7 @@ class AuthExchange:
         rate_limit = None if session.client.exempt else self.smtp.config.auth_rate_limit
         reply_due = time.monotonic() + self._failure_delay() - (self.smtp.loop.time() - started)
         outcome = await self.smtp.check(AuthJob(self.smtp.peer(), mechanism, username, password, rate_limit, reply_due))
+        self.smtp.metrics.auth_attempt(mechanism, outcome.reason)
         reply = replies.auth_reply(outcome.reason)
         if not outcome.success:
             # The bearer mechanisms' error step, for a token refused (not for a fault).
@@ -165,6 +168,7 @@ class AuthExchange:
             extra=session.log_fields() | {"reason": outcome.reason},
         )
         await self.smtp.push(reply)
+        self.smtp.metrics.auth_success.observe(self.smtp.loop.time() - started)
 
     async def refuse_overlong(self, start: bytes) -> None:
         """An AUTH command line over 12,288 octets (``start``: its first bytes)."""
@@ -191,6 +195,7 @@ class AuthExchange:
 
     def _record_unchecked(self, mechanism: str, username: bytes, reason: Reason) -> None:
         """Record an attempt that never reached the checks (committed shortly)."""
+        self.smtp.metrics.auth_attempt(mechanism, reason)
         record = AttemptRecord.build(
             peer=self.smtp.peer(), when=timezone.now(), mechanism=mechanism, username=username, reason=reason
         )
@@ -226,6 +231,7 @@ class AuthExchange:
             await self.smtp.push(b"334 " + error)
             await self.smtp.read_line()
         await self.smtp.push(reply)
+        self.smtp.metrics.auth_failure.observe(self.smtp.loop.time() - started)
         if closing:
             # The error that was made comes first, as Postfix answers it: a
             # client that reads only the 421 would take a wrong key for a

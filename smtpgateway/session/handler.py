@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from smtpgateway.auth.limits import Client, ConnectionRegistry
 from smtpgateway.config import GatewayConfig
+from smtpgateway.metrics import GatewayMetrics
 from smtpgateway.session import replies
 from smtpgateway.session.body import BodyBudget, inbox_share
 from smtpgateway.session.host import DatabaseJobs, LiveSession
@@ -27,9 +28,10 @@ class GatewayHandler:
     session consults (a :class:`~smtpgateway.session.host.SessionHost`). No
     per-session state."""
 
-    def __init__(self, config: GatewayConfig, db: DatabaseJobs) -> None:
+    def __init__(self, config: GatewayConfig, db: DatabaseJobs, metrics: GatewayMetrics) -> None:
         self.config = config
         self.db = db
+        self.metrics = metrics
         self.connections = ConnectionRegistry(config.max_connections, config.max_connections_per_ip)
         self.body_budget = BodyBudget(
             config.max_buffered_data, inbox_share(config.max_buffered_data, config.max_message_size)
@@ -46,9 +48,12 @@ class GatewayHandler:
     def admission_refusal(self, client: Client) -> str | None:
         """The reply that refuses a new connection, or None to admit it."""
         if self.shutting_down:
+            self.metrics.connections_refused["shutting_down"].pending += 1
             return replies.SHUTTING_DOWN
         if not self.connections.admit(client):
+            self.metrics.connections_refused[self.connections.refused_by()].pending += 1
             return replies.TOO_MANY_CONNECTIONS
+        self.metrics.sessions.pending += 1
         return None
 
     async def handle_MAIL(
@@ -72,6 +77,7 @@ class GatewayHandler:
                 session.session_id,
                 extra=session.log_fields(),
             )
+            self.metrics.messages_refused["sender_not_owned"].pending += 1
             return replies.SENDER_NOT_OWNED
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -170,6 +176,7 @@ class GatewayHandler:
             envelope.hold_ids.clear()  # gone with that commit (stored or refused)
         if queue_id is NOT_STORED:  # the storage layer has logged why
             log.error("Message not stored (session %s); answered 451", session.session_id, extra=session.log_fields())
+            self.metrics.messages_refused["not_stored"].pending += 1
             return replies.STORE_TEMPORARY_FAILURE
         if isinstance(queue_id, AuthorRefused):
             log.warning(
@@ -180,7 +187,10 @@ class GatewayHandler:
                 session.session_id,
                 extra=session.log_fields(),
             )
+            self.metrics.messages_refused["author_not_inbox"].pending += 1
             return replies.author_not_the_inbox(queue_id.header, identity.email)
+        self.metrics.messages_accepted.pending += 1
+        self.metrics.message_size.observe(len(submission.content))
         log.info(
             "Queued %s from %s: %d bytes, %d recipients (session %s)",
             queue_id,

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from smtpgateway.auth.limits import Client, ConnectionRegistry
 from smtpgateway.auth.rules import Outcome
 from smtpgateway.config import GatewayConfig
+from smtpgateway.metrics import GatewayMetrics
 from smtpgateway.session.body import BodyBudget
 from smtpgateway.storage.jobs import AuthJob, Job
 
@@ -58,6 +59,9 @@ class SessionHost(Protocol):
 
     @property
     def connections(self) -> ConnectionRegistry: ...
+
+    @property
+    def metrics(self) -> GatewayMetrics: ...
 
     @property
     def body_budget(self) -> BodyBudget: ...

@@ -28,6 +28,7 @@ import collections
 import logging
 import re
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import cast
 
@@ -37,6 +38,7 @@ from typing_extensions import override
 
 from smtpgateway.auth.limits import Client, classify_client
 from smtpgateway.auth.rules import Outcome, Peer
+from smtpgateway.metrics import Tally
 from smtpgateway.session import replies
 from smtpgateway.session.addresses import parse_path
 from smtpgateway.session.auth_exchange import AUTH_MECHANISMS, AuthExchange
@@ -86,11 +88,34 @@ _BODY_PROBLEM_REPLIES = {
     BodyProblem.NO_ROOM: replies.NO_ROOM_FOR_MESSAGE,
 }
 _COMMAND_WORD = re.compile(r"[A-Z][A-Z0-9-]{0,15}\Z")
+_BODY_PROBLEM_METRICS = {
+    BodyProblem.LINE_TOO_LONG: "line_too_long",
+    BodyProblem.TOO_LARGE: "message_too_large",
+    BodyProblem.NO_ROOM: "no_room",
+}
+
+
+class HandshakeWatch:
+    """Whether an implicit-TLS connection got past its handshake. asyncio does
+    that handshake before the protocol hears of the connection, and tells it
+    nothing when it fails: the protocol is dropped without ``connection_made``.
+    So a finalizer on the protocol counts the failures (``tls_failures``)."""
+
+    __slots__ = ("made",)
+
+    def __init__(self) -> None:
+        self.made = False
+
+    @staticmethod
+    def ended(watch: HandshakeWatch, failures: Tally) -> None:
+        if not watch.made:
+            failures.pending += 1
 
 
 class GatewaySMTP(SMTP):
     """``starttls_context`` is what STARTTLS upgrades with (None on the implicit-TLS
-    listener, where the connection is encrypted from the start)."""
+    listener, where the connection is encrypted from the start); ``listener``
+    names the listener for the metrics ("submission" or "implicit_tls")."""
 
     # Command name -> its function, found once per class (aiosmtpd searches with
     # dir() and inspect.getmembers on every connection, its largest cost) and
@@ -100,7 +125,11 @@ class GatewaySMTP(SMTP):
     _command_functions: dict[str, Callable[..., Awaitable[None]]] | None = None
 
     def __init__(
-        self, handler: SessionHost, loop: asyncio.AbstractEventLoop, starttls_context: ssl.SSLContext | None = None
+        self,
+        handler: SessionHost,
+        loop: asyncio.AbstractEventLoop,
+        starttls_context: ssl.SSLContext | None = None,
+        listener: str = "submission",
     ) -> None:
         # Sets what aiosmtpd's SMTP.__init__ sets (aiosmtpd 1.4.6), without its
         # per-connection reflection; the AUTH, EHLO and command-loop tables it
@@ -146,6 +175,14 @@ class GatewaySMTP(SMTP):
         self._counted = False
         self._refused = False
         self._lost = False  # connection_lost has run: no timer may be armed again
+        self.metrics = handler.metrics
+        self.listener = listener
+        # The tallies of the reply classes, by a reply's first character (str or bytes).
+        self._reply_tallies = self.metrics.reply_tallies
+        self._handshake: HandshakeWatch | None = None
+        if listener == "implicit_tls" and self.metrics.enabled:
+            self._handshake = HandshakeWatch()
+            weakref.finalize(self, HandshakeWatch.ended, self._handshake, self.metrics.tls_failures[listener])
 
     @classmethod
     def _commands(cls) -> dict[str, Callable[..., Awaitable[None]]]:
@@ -182,6 +219,9 @@ class GatewaySMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         previous = self.session
         if previous is None:  # a new connection (not the STARTTLS upgrade)
+            self.metrics.connections[self.listener].pending += 1
+            if self._handshake is not None:
+                self._handshake.made = True
             peername = transport.get_extra_info("peername")
             client = self._classify(client_address(peername[0]) if isinstance(peername, tuple) else None)
             refusal = self.event_handler.admission_refusal(client)
@@ -190,6 +230,7 @@ class GatewaySMTP(SMTP):
                 log.warning(
                     "Connection from %s refused: %s", client.address, refusal, extra={"client_address": client.address}
                 )
+                self._count_reply(refusal)
                 cast(asyncio.WriteTransport, transport).write(refusal.encode("ascii") + b"\r\n")
                 transport.close()
                 return
@@ -210,6 +251,8 @@ class GatewaySMTP(SMTP):
         # listener counts as encrypted too (aiosmtpd looks only at its own STARTTLS
         # state and withholds AUTH there: aio-libs/aiosmtpd issue 281).
         session.tls = TlsInfo.of(transport)
+        if session.tls is not None:
+            self.metrics.tls_handshake("submission" if previous is not None else self.listener, session.tls.version)
         self.event_handler.sessions.add(self)
 
     @override
@@ -271,6 +314,7 @@ class GatewaySMTP(SMTP):
             return
         # RFC 5321 4.5.3.2: say why before closing.
         if not transport.is_closing():
+            self._count_reply(replies.TIMEOUT)
             transport.write(replies.TIMEOUT.format(hostname=self.hostname).encode("ascii") + b"\r\n")
         super()._timeout_cb()
 
@@ -285,6 +329,7 @@ class GatewaySMTP(SMTP):
         one finishes its command first (see the command loop)."""
         transport = self._socket()
         if not self.busy and transport is not None and not transport.is_closing():
+            self._count_reply(replies.SHUTTING_DOWN)
             transport.write(replies.SHUTTING_DOWN.encode("ascii") + b"\r\n")
             transport.close()
 
@@ -360,6 +405,7 @@ class GatewaySMTP(SMTP):
                     raise
                 return
             except TLSSetupException as error:
+                self.metrics.tls_failures["submission"].pending += 1
                 log.info(
                     "TLS handshake after STARTTLS failed (session %s): %s",
                     self.gateway_session().session_id,
@@ -399,6 +445,7 @@ class GatewaySMTP(SMTP):
         registry.release(self._admitted)  # it was counted as the balancer's
         self._counted = registry.admit(client)
         if not self._counted:
+            self.metrics.connections_refused[registry.refused_by()].pending += 1
             await self.close_with(replies.TOO_MANY_CONNECTIONS)
             return False
         self._admitted = client
@@ -466,8 +513,16 @@ class GatewaySMTP(SMTP):
             self.transport.close()
 
     # --- replies -----------------------------------------------------------------------------
+    def _count_reply(self, status: str | bytes) -> None:
+        tally = self._reply_tallies.get(status[:1])
+        if tally is not None:
+            tally.pending += 1
+
     @override
     async def push(self, status: str | bytes) -> None:
+        tally = self._reply_tallies.get(status[:1])  # _count_reply, inlined: every reply passes here
+        if tally is not None:
+            tally.pending += 1
         if isinstance(status, str):
             await super().push(replies.with_enhanced_code(status))
         else:
@@ -477,6 +532,7 @@ class GatewaySMTP(SMTP):
         """A reply of one or more lines in one write, as is: for HELO and EHLO, whose
         lines carry no enhanced code (RFC 2034 section 3)."""
         text = "".join(f"250-{line}\r\n" for line in lines[:-1]) + f"250 {lines[-1]}\r\n"
+        self._count_reply(text)
         self._writer.write(text.encode("ascii"))
         await self._writer.drain()
 
@@ -576,6 +632,7 @@ class GatewaySMTP(SMTP):
             except asyncio.IncompleteReadError as eof:
                 raise ClientGone from eof
             if problem is not None:
+                self.metrics.messages_refused[_BODY_PROBLEM_METRICS[problem]].pending += 1
                 if problem is BodyProblem.NO_ROOM:
                     log.warning(
                         "Message body refused for now (session %s): bodies in memory %d of %d bytes; this inbox's %d of %d",

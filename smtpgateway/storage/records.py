@@ -30,6 +30,7 @@ class AttemptRecorder:
         self._kept: deque[AttemptRecord] = deque()
         self._max_kept = max_kept
         self._lock = threading.Lock()
+        self.dropped = 0  # ever, for the metrics (agentmail_smtp_auth_records_dropped_total)
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -59,6 +60,7 @@ class AttemptRecorder:
     def _enforce_bound(self) -> None:
         while len(self._kept) > self._max_kept:
             dropped = self._kept.popleft()
+            self.dropped += 1
             log.error(
                 "AuthAttempt backlog full (%d); dropped from memory: %s",
                 self._max_kept,

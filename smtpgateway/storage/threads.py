@@ -36,6 +36,7 @@ from django.db import DatabaseError, close_old_connections, connection, connecti
 
 from smtpgateway.auth.checker import Checker, PendingFailures
 from smtpgateway.auth.rules import Outcome
+from smtpgateway.metrics import NOTHING, Observable
 from smtpgateway.runtime import glibc
 from smtpgateway.storage.commits import LastUsedWrites, process
 from smtpgateway.storage.jobs import AuthJob, Job, RecordsJob, StoreJob
@@ -86,7 +87,14 @@ class Pending(NamedTuple):
 class DatabaseThreads:
     """The checker thread and the committer threads, and the queues that feed them."""
 
-    def __init__(self, committers: int, auth_cache_seconds: float) -> None:
+    def __init__(
+        self,
+        committers: int,
+        auth_cache_seconds: float,
+        batch_durations: tuple[Observable, Observable] = (NOTHING, NOTHING),
+    ) -> None:
+        """``batch_durations``: where the checker's and the committers' batch
+        durations go (``GatewayMetrics.check_batch``, ``commit_batch``)."""
         self.pending_failures = PendingFailures()
         self._last_used = LastUsedWrites()
         self._checker = Checker(auth_cache_seconds, self.pending_failures)
@@ -99,7 +107,7 @@ class DatabaseThreads:
         self._check_threads = [
             threading.Thread(
                 target=self._serve,
-                args=(self._checks, self._check_batch, self._checker.warm_up),
+                args=(self._checks, self._check_batch, self._checker.warm_up, batch_durations[0]),
                 name="smtp-check",
                 daemon=True,
             )
@@ -107,7 +115,7 @@ class DatabaseThreads:
         self._commit_threads = [
             threading.Thread(
                 target=self._serve,
-                args=(self._commits, self._commit_batch, _connect, RECORDS_LINGER),
+                args=(self._commits, self._commit_batch, _connect, batch_durations[1], RECORDS_LINGER),
                 name=f"smtp-commit-{n}",
                 daemon=True,
             )
@@ -171,6 +179,7 @@ class DatabaseThreads:
         jobs: queue.SimpleQueue[Any],
         run_batch: Callable[[list[Pending]], None],
         warm_up: Callable[[], None],
+        durations: Observable,
         linger: float = 0.0,
     ) -> None:
         glibc.name_native_thread()
@@ -186,6 +195,7 @@ class DatabaseThreads:
                     # previous batch's queries (Django keeps up to 9,000 per connection,
                     # megabytes in a long-lived thread).
                     reset_queries()
+                    started = time.perf_counter()
                     close_old_connections()
                     try:
                         run_batch(batch)
@@ -193,6 +203,7 @@ class DatabaseThreads:
                         log.exception("A batch of %d database jobs failed", len(batch))
                         _answer(batch, [error] * len(batch))
                     finally:
+                        durations.observe(time.perf_counter() - started)
                         self._done(len(batch))
                     # Let go of the jobs (a large message, an AUTH's password) now, not
                     # when the next batch replaces them; then give freed memory back.

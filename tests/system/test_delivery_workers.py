@@ -18,7 +18,17 @@ from pathlib import Path
 import pytest
 
 from delivery.models import DeliveryAttempt, Recipient
-from tests.helpers import VALID_EMAIL, VALID_INBOX, VALID_KEY, LiveGateway, database_url, eventually
+from tests.helpers import (
+    VALID_EMAIL,
+    VALID_INBOX,
+    VALID_KEY,
+    LiveGateway,
+    database_url,
+    eventually,
+    free_port,
+    sample,
+    scrape,
+)
 from tests.runsmtp import ROOT
 from tests.sinks import Sink
 
@@ -34,6 +44,7 @@ class Deliver:
             "DEBUG": "true",
             "DELIVERY_RELAY_URL": relay,
             "DELIVERY_POLL_INTERVAL": "0.05",
+            "DELIVERY_METRICS_PORT": "0",
             **env,
         }
         self.process = subprocess.Popen(
@@ -137,3 +148,32 @@ def test_runsmtp_warns_when_nothing_delivers(scenarios: None, leak_guard: None) 
         )
     finally:
         server.stop()
+
+
+def test_deliver_serves_its_metrics(gateway: LiveGateway, sink: Sink) -> None:
+    sink.handler.rcpt_replies["later@example.com"] = "451 4.3.0 Try again later"
+    submit_many(gateway, 3, ["a@example.com", "later@example.com"])
+    port = free_port()
+    worker = Deliver(sink.url(), DELIVERY_METRICS_PORT=str(port))
+    try:
+        assert f"metrics:     http://127.0.0.1:{port}/metrics" in worker.output()
+
+        def attempts(result: str) -> float:
+            return sample(scrape(port), "agentmail_smtp_delivery_attempts_total", result=result)
+
+        eventually(lambda: (attempts("delivered"), attempts("deferred")) == (3, 3), timeout=30)
+        samples = scrape(port)
+        assert sample(samples, "agentmail_smtp_delivery_attempts_total", result="bounced") == 0
+        assert sample(samples, "agentmail_smtp_delivery_latency_seconds_count") == 3
+        assert sample(samples, "agentmail_smtp_delivery_upstream_duration_seconds_count") == 3
+        # The queue is read every 5 s: the three deferred recipients wait for their retry.
+        eventually(
+            lambda: sample(scrape(port), "agentmail_smtp_delivery_queue_recipients", state="deferred") == 3,
+            timeout=15,
+        )
+        samples = scrape(port)
+        assert sample(samples, "agentmail_smtp_delivery_queue_recipients", state="queued") == 0
+        assert sample(samples, "agentmail_smtp_delivery_oldest_deferred_age_seconds") > 0
+        assert not any(name.startswith("agentmail_smtp_auth") for name, _ in samples)  # the gateway's are not here
+    finally:
+        assert worker.stop() == 0

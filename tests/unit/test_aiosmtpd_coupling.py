@@ -14,6 +14,7 @@ import aiosmtpd
 from aiosmtpd.smtp import SMTP
 
 from smtpgateway.config import GatewayConfig
+from smtpgateway.metrics import OFF
 from smtpgateway.session.handler import GatewayHandler
 from smtpgateway.session.protocol import AIOSMTPD_INIT_ATTRIBUTES, AIOSMTPD_VERSION, GatewaySMTP
 
@@ -48,7 +49,7 @@ def attributes_set_by_init() -> tuple[set[str], set[str]]:
         # As aiosmtpd makes it: with a client_connected_cb (which GatewaySMTP does not pass).
         stream_protocol = set(vars(asyncio.StreamReaderProtocol(asyncio.StreamReader(), lambda r, w: None, loop=loop)))
         config = GatewayConfig.from_settings()
-        ours = set(vars(GatewaySMTP(GatewayHandler(config, db=object()), loop)))  # type: ignore[arg-type]
+        ours = set(vars(GatewaySMTP(GatewayHandler(config, db=object(), metrics=OFF), loop)))  # type: ignore[arg-type]
         return theirs - stream_protocol, ours
 
     return asyncio.run(build())

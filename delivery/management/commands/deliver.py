@@ -7,11 +7,14 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from prometheus_client import generate_latest
 
 from delivery import queue
 from delivery.relay import RelayTarget
 from delivery.retry import RetryPolicy
 from delivery.worker import DeliveryWorker, WorkerSettings
+from smtpgateway.metrics import DeliveryMetrics
+from smtpgateway.runtime.monitoring import MetricsPortUnavailable, MonitoringServer, why_not_listening
 
 
 def worker_settings() -> WorkerSettings:
@@ -45,6 +48,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--flush", action="store_true", help="Make every deferred recipient due now (like postqueue -f), then exit."
         )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            help="Serve this worker's Prometheus metrics at /metrics on this port (on DELIVERY_METRICS_HOST, "
+            f"{settings.DELIVERY_METRICS_HOST}; default DELIVERY_METRICS_PORT, 0 = off).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["flush"]:
@@ -52,7 +61,21 @@ class Command(BaseCommand):
             if not options["once"]:
                 return
         config = worker_settings()
-        worker = DeliveryWorker(config)
+        port = options["metrics_port"] if options["metrics_port"] is not None else settings.DELIVERY_METRICS_PORT
+        metrics = DeliveryMetrics() if port else None
+        self.monitoring: MonitoringServer | None = None
+        if metrics is not None:
+            registry = metrics.registry
+            try:
+                self.monitoring = MonitoringServer(
+                    settings.DELIVERY_METRICS_HOST, port, exposition=lambda: generate_latest(registry), health=None
+                )
+            except MetricsPortUnavailable as failure:
+                raise CommandError(
+                    f"Cannot listen on {failure.where} (metrics): {why_not_listening(failure.error)}."
+                ) from None
+            self.monitoring.start()
+        worker = DeliveryWorker(config, metrics)
 
         def on_signal(signum: int, frame: object) -> None:
             if worker.stopping.is_set():
@@ -65,6 +88,8 @@ class Command(BaseCommand):
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            if self.monitoring is not None:
+                self.monitoring.stop()
         self.stdout.write(f"agentmail-smtp delivery stopped ({worker.delivered} recipient result(s) recorded).")
 
     def banner(self, config: WorkerSettings) -> None:
@@ -78,6 +103,8 @@ class Command(BaseCommand):
             lines.append("  WARNING:     no TLS to the upstream (tls=none): for a loopback sink only")
         if config.target.kind == "file":
             lines.append("  NOTE:        mail is written to files, not sent (development)")
+        if self.monitoring is not None:
+            lines.append(f"  metrics:     {self.monitoring.url}/metrics")
         lines.append("Quit with Ctrl-C.")
         self.stdout.write("\n".join(lines))
         self.stdout.flush()

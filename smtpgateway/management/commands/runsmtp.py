@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import logging
 import math
+import os
 import resource
 import ssl
 from collections.abc import Coroutine
@@ -15,9 +15,13 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from prometheus_client import generate_latest
 
 from smtpgateway.config import GatewayConfig
+from smtpgateway.metrics import gateway_families
 from smtpgateway.runtime import glibc
+from smtpgateway.runtime.health import DatabaseProbe, GatewayHealth
+from smtpgateway.runtime.monitoring import MetricsPortUnavailable, MonitoringServer, why_not_listening
 from smtpgateway.runtime.server import CannotListen, GatewayServer, serve_until_signalled
 from smtpgateway.runtime.supervisor import run_workers
 from smtpgateway.session.auth_exchange import AUTH_MECHANISMS
@@ -101,6 +105,17 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
         raise CommandError(f"SMTP_EVENT_LOOP must be uvloop or asyncio, not {settings.SMTP_EVENT_LOOP!r}.")
 
 
+def open_metrics_port(port: int | None) -> MonitoringServer | None:
+    """Bind the metrics port (SMTP_METRICS_HOST:port; None or 0: no metrics), or
+    CommandError saying why it cannot be. What it serves is set by the caller."""
+    if not port:
+        return None
+    try:
+        return MonitoringServer(settings.SMTP_METRICS_HOST, port, exposition=lambda: b"", health=None)
+    except MetricsPortUnavailable as failure:
+        raise CommandError(f"Cannot listen on {failure.where} (metrics): {why_not_listening(failure.error)}.") from None
+
+
 def describe_throttling(config: GatewayConfig) -> str:
     limit = config.auth_rate_limit
     parts = [
@@ -136,8 +151,19 @@ class Command(BaseCommand):
             help="Expect a PROXY protocol v1/v2 header on every connection (behind HAProxy or a TCP load balancer; "
             "default SMTP_PROXY_PROTOCOL).",
         )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            help="Serve Prometheus metrics at /metrics, and /healthz and /readyz, on this port "
+            f"(on SMTP_METRICS_HOST, {settings.SMTP_METRICS_HOST}; default SMTP_METRICS_PORT, 0 = off).",
+        )
+        # What the --workers supervisor tells its workers: --reuse-port, their
+        # index, a pipe for "listening" and whether to count metrics (it serves them).
         parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
         parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+        parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+        parser.add_argument("--no-banner", action="store_true", help=argparse.SUPPRESS)
+        parser.add_argument("--metrics-collect", action="store_true", help=argparse.SUPPRESS)
         parser.add_argument(
             "--tls-port",
             type=int,
@@ -147,6 +173,11 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["workers"] < 1:
             raise CommandError("--workers must be at least 1.")
+        worker = options["worker_index"] is not None  # one of a supervisor's: it serves no metrics
+        metrics_port = None if worker else options["metrics_port"]
+        if metrics_port is None and not worker:
+            metrics_port = settings.SMTP_METRICS_PORT
+        self.monitoring = open_metrics_port(metrics_port)
         if options["workers"] > 1:
             passed = [
                 f"--{name.replace('_', '-')}={options[name]}"
@@ -154,7 +185,14 @@ class Command(BaseCommand):
                 if options[name] is not None
             ]
             passed += ["--proxy-protocol"] if options["proxy_protocol"] else []
-            raise SystemExit(run_workers(options["workers"], passed))
+            if self.monitoring is not None:
+                self.stdout.write(
+                    f"agentmail-smtp metrics on {self.monitoring.url}/metrics (and /healthz, /readyz): "
+                    f"the sum of {options['workers']} workers"
+                )
+                self.stdout.flush()
+            database = DatabaseProbe(settings.DATABASE_TIMEOUT)
+            raise SystemExit(run_workers(options["workers"], passed, self.monitoring, database))
         try:
             config = GatewayConfig.from_settings(
                 host=options["host"],
@@ -164,12 +202,22 @@ class Command(BaseCommand):
             )
         except ValueError as error:  # a setting out of its range, said as such
             raise CommandError(str(error)) from error
+        config = replace(config, metrics=options["metrics_collect"] or self.monitoring is not None)
         if options["tls_port"] is not None:
             config = replace(config, tls_port=options["tls_port"] or None)
         self.worker_index = options["worker_index"]
+        self.ready_fd: int | None = options["ready_fd"]
+        self.banner = not options["no_banner"]
+        self.health: GatewayHealth | None = None
+        if self.monitoring is not None:
+            registry = gateway_families().registry
+            self.health = GatewayHealth(DatabaseProbe(settings.DATABASE_TIMEOUT))
+            self.monitoring.exposition = lambda: generate_latest(registry)
+            self.monitoring.health = self.health
+            self.monitoring.start()
         self.open_files, self.open_files_warning = raise_open_files_limit(config.max_connections)
         try:
-            run_event_loop(serve_until_signalled(config, on_ready=self.print_banner))
+            run_event_loop(serve_until_signalled(config, on_ready=self.on_ready))
         except (ValueError, ssl.SSLError) as error:
             raise CommandError(f"TLS is misconfigured: {error}") from error
         except FileNotFoundError as error:
@@ -177,18 +225,25 @@ class Command(BaseCommand):
                 f"TLS certificate or key not found: {error.filename} (make one with manage.py gencert)."
             ) from error
         except CannotListen as failure:
-            cause = failure.error
-            reason = {
-                errno.EADDRINUSE: "that port is already in use",
-                errno.EACCES: "permission denied (ports below 1024 need privileges)",
-                errno.EADDRNOTAVAIL: "that address is not on this machine",
-            }.get(cause.errno or 0, cause.strerror or str(cause))
-            raise CommandError(f"Cannot listen on {failure.listener}: {reason}.") from failure
+            raise CommandError(f"Cannot listen on {failure.listener}: {why_not_listening(failure.error)}.") from failure
+        finally:
+            if self.monitoring is not None:  # after the drain: /readyz said "draining" during it
+                self.monitoring.stop()
         # Log lines are written by a thread of their own (smtpgateway.runtime.logwriter):
         # let the last ones out before the final word.
         for handler in logging.getLogger().handlers:
             handler.flush()
         self.stdout.write("agentmail-smtp stopped.")
+
+    def on_ready(self, server: GatewayServer) -> None:
+        """The server listens: attach the health checks, tell the supervisor, say so."""
+        if self.health is not None:
+            self.health.attach(server, asyncio.get_running_loop())
+        if self.ready_fd is not None:
+            os.write(self.ready_fd, b"R")
+            os.close(self.ready_fd)
+        if self.banner:
+            self.print_banner(server)
 
     def print_banner(self, server: GatewayServer) -> None:
         if self.worker_index:  # one banner for all workers: the first one's
@@ -227,6 +282,8 @@ class Command(BaseCommand):
             f"  database:  {describe_database()}",
             f"  loop:      {settings.SMTP_EVENT_LOOP}",
         ]
+        if self.monitoring is not None:
+            lines.append(f"  metrics:   {self.monitoring.url}/metrics (and /healthz, /readyz)")
         lines.append(f"  delivery:  {describe_delivery()}")
         if not settings.DELIVERY_RELAY_URL:
             lines.append("  WARNING:   DELIVERY_RELAY_URL is not set: accepted mail is queued but not delivered")
