@@ -40,10 +40,12 @@ def stacked_bars(title: str, labels: Sequence[str], series: Sequence[Series], va
         f'role="img" aria-label="{escape(title)}" font-family="sans-serif" font-size="11">',
         f"<title>{escape(title)}</title>",
     ]
-    for fraction in (0, 0.5, 1) if top > 1 else (0, 1):  # gridlines and their values
-        y = TOP + plot_height * (1 - fraction)
+    # Gridlines at whole values, each where its value is (a middle line at 2 of
+    # 5 sits at 2, not halfway).
+    for value in sorted({0, top // 2, top}):
+        y = TOP + plot_height * (1 - value / top)
         parts.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{WIDTH - RIGHT}" y2="{y:.1f}" stroke="#ddd"/>')
-        parts.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#666">{int(top * fraction)}</text>')
+        parts.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#666">{value}</text>')
     for index, (label, bar) in enumerate(zip(labels, values, strict=True)):
         x = LEFT + slot * index + (slot - bar_width) / 2
         base: float = TOP + plot_height

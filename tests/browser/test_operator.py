@@ -190,3 +190,26 @@ def test_read_a_message_and_follow_it_to_its_session(operator: AdminBrowser, gat
     assert "Authenticated" in operator.text and VALID_INBOX in operator.text
     operator.follow_link(message.queue_id)
     assert "Quarterly report" in operator.text
+
+
+def test_the_overview_draws_the_last_day(
+    operator: AdminBrowser, gateway_factory: GatewayFactory, scenarios: None
+) -> None:
+    """Issue 23: from the admin's index to the overview; the chart is drawn (SVG
+    from the server, no script) and the failures are attributed."""
+    gateway = gateway_factory()
+    assert smtp_auth(gateway, VALID_INBOX, VALID_KEY) == SUCCESS
+    for _ in range(2):
+        assert smtp_auth(gateway, "inb_nobody123456789", VALID_KEY, source="127.0.0.9") == INVALID
+    gateway.settle()
+    operator.open("/admin/")
+    operator.follow(operator.css("#overview-link a"))  # the index links it
+    assert "1 succeeded" in operator.text or "1 success" in operator.text, operator.text[:400]
+    chart = operator.css("#auth-chart svg")
+    size = chart.size
+    assert size["width"] > 600 and size["height"] > 100  # drawn, at the page's width
+    assert len(operator.all("#auth-chart svg rect")) >= 2  # the bars (and their legend)
+    assert "127.0.0.0/24 2" in operator.css("#failing-networks").text  # networks of /24
+    assert "inb_nobody123456789" in operator.css("#failing-usernames").text
+    assert not operator.all("script[src^='http']") and "fonts.googleapis" not in operator.html
+    operator.document("overview")
