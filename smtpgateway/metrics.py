@@ -47,7 +47,7 @@ PREFIX = "agentmail_smtp_"
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Closed label sets: anything else a client sends is counted as "other".
-MECHANISMS = ("PLAIN", "LOGIN", "other")
+MECHANISMS = ("PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER", "other")
 LISTENERS = ("submission", "implicit_tls")
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3", "other")
 REPLY_CLASSES = ("2xx", "3xx", "4xx", "5xx")
@@ -59,6 +59,11 @@ MESSAGE_REFUSALS = (
     "no_room",  # the bodies in memory are at SMTP_MAX_BUFFERED_DATA (452)
     "author_not_inbox",  # From:/Sender: names someone else (550)
     "not_stored",  # the database did not take it (451)
+)
+RECIPIENT_REFUSALS = (
+    "daily_limit_inbox",  # the inbox's daily recipient limit (450 4.7.1)
+    "daily_limit_organization",  # its organization's (450 4.7.1)
+    "not_held",  # the database could not hold room under a limit (451)
 )
 DATABASE_THREADS = ("check", "commit")
 
@@ -161,6 +166,12 @@ class GatewayFamilies:
         self.messages_refused = Counter(
             name("messages_refused_total"), "Messages refused, by reason.", ["reason"], registry=registry
         )
+        self.recipients_refused = Counter(
+            name("recipients_refused_total"),
+            "RCPTs refused by the daily recipient limits, by reason.",
+            ["reason"],
+            registry=registry,
+        )
         self.message_size = Histogram(
             name("message_size_bytes"), "Size of the messages accepted.", buckets=SIZE_BUCKETS, registry=registry
         )
@@ -257,6 +268,7 @@ class GatewayMetrics:
         }
         self.messages_accepted = tally(families.messages_accepted)
         self.messages_refused = {reason: tally(families.messages_refused, reason) for reason in MESSAGE_REFUSALS}
+        self.recipients_refused = {reason: tally(families.recipients_refused, reason) for reason in RECIPIENT_REFUSALS}
         # By a reply's first character, as text or bytes: "2" and b"2" -> the 2xx tally.
         self.replies = {code_class: tally(families.replies, code_class) for code_class in REPLY_CLASSES}
         self.reply_tallies: dict[str | bytes, Tally] = {}
@@ -275,6 +287,7 @@ class GatewayMetrics:
             *self.auth_attempts.values(),
             self.messages_accepted,
             *self.messages_refused.values(),
+            *self.recipients_refused.values(),
             *self.replies.values(),
             *self.tls_handshakes.values(),
             *self.tls_failures.values(),

@@ -145,12 +145,14 @@ class GatewayHandler:
                 session.session_id,
                 extra=session.log_fields() | {"reason": "DAILY_LIMIT"},
             )
+            self.metrics.recipients_refused[f"daily_limit_{result.scope}"].pending += 1
             return replies.daily_limit_reached(result.scope, result.limit, result.retry_after)
         log.error(
             "Recipient not held: database unavailable (session %s); answered 451",
             session.session_id,
             extra=session.log_fields(),
         )
+        self.metrics.recipients_refused["not_held"].pending += 1
         return replies.RECIPIENT_NOT_HELD
 
     async def handle_DATA(self, server: GatewaySMTP, session: GatewaySession, envelope: GatewayEnvelope) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import uvloop
 
+from inboxes.models import Inbox
 from smtpgateway.metrics import gateway_families
 from tests.dbfaults import shorten_lock_timeout, write_lock
 from tests.helpers import VALID_EMAIL, VALID_INBOX, VALID_KEY, GatewayFactory, LiveGateway, auth, eventually
@@ -126,3 +127,20 @@ def test_records_kept_while_the_database_is_locked(
         assert auth(client, "PLAIN", VALID_INBOX, VALID_KEY)[0] == 235
     gateway.settle()
     eventually(lambda: value("agentmail_smtp_auth_records_kept") == 0, timeout=5)
+
+
+def test_recipients_refused_by_the_daily_limits_and_bearer_mechanisms(
+    gateway_factory: GatewayFactory, scenarios: None
+) -> None:
+    Inbox.objects.filter(inbox_id=VALID_INBOX).update(daily_recipient_limit=1)
+    gateway = gateway_factory(metrics=True)
+    counts = Counts(
+        ("agentmail_smtp_recipients_refused_total", {"reason": "daily_limit_inbox"}),
+        ("agentmail_smtp_auth_attempts_total", {"mechanism": "XOAUTH2", "outcome": "success", "reason": "OK"}),
+    )
+    with gateway.smtp() as client:
+        bearer = f"user={VALID_INBOX}\x01auth=Bearer {VALID_KEY}\x01\x01"
+        assert client.auth("XOAUTH2", lambda challenge=None: bearer)[0] == 235
+        refused = client.sendmail(VALID_EMAIL, ["a@example.com", "b@example.com"], f"From: {VALID_EMAIL}\r\n\r\nhi\r\n")
+    assert list(refused) == ["b@example.com"]
+    eventually(lambda: counts.grew() == [1, 1])
