@@ -9,18 +9,30 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.core.signals import request_finished
+from django.db import connections
 from pytest_django.live_server_helper import LiveServer
 from selenium import webdriver
 
 from tests.browser.pages import AdminBrowser, browser_available, chromium, failure_screenshot_path
 
 
+def _close_this_threads_connections(**kwargs: Any) -> None:
+    connections.close_all()
+
+
 @pytest.fixture(scope="session")
 def live_server() -> Iterator[LiveServer]:
-    """pytest-django's live server, on 127.0.0.1 only (its default is localhost)."""
+    """pytest-django's live server, on 127.0.0.1 only (its default is localhost).
+    Each request's thread closes its database connections when it is done
+    (CONN_MAX_AGE would keep them: Chromium's keep-alive connections keep those
+    threads, and so their SQLite handles, alive past the tier, and SQLite then
+    reuses handles that other connections close, which test_thread_start counts)."""
+    request_finished.connect(_close_this_threads_connections, dispatch_uid="browser-tier")
     server = LiveServer("127.0.0.1")
     yield server
     server.stop()
+    request_finished.disconnect(dispatch_uid="browser-tier")
 
 
 @pytest.fixture(scope="session", autouse=True)
