@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
 
-from django.db import DatabaseError
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from apikeys import keys
@@ -163,7 +163,7 @@ class Checker:
             for job in jobs
         ]
         try:
-            outcomes = self._decide(jobs, texts, now)
+            outcomes = self._decide_reconnecting(jobs, texts, now)
         except DatabaseError:
             log.exception("Database unavailable for a batch of %d AUTH checks", len(jobs))
             outcomes = [Outcome(Reason.TEMPORARY_FAILURE) for _ in jobs]
@@ -177,6 +177,22 @@ class Checker:
         for record in records:
             self.pending.add(record)
         return CheckedBatch(outcomes, records)
+
+    def _decide_reconnecting(self, jobs: list[AuthJob], texts: list[tuple[str, str]], now: datetime) -> list[Outcome]:
+        """``_decide``, once more on a new connection if the one it had died while
+        idle (the database restarted, a proxy closed it): otherwise the first AUTHs
+        after an outage nobody saw were answered 454. The reads change nothing, so
+        reading again is safe; a connection that could not be made is not tried
+        twice, so AUTHs during an outage are not held for two connect timeouts."""
+        had_connection = connection.connection is not None
+        try:
+            return self._decide(jobs, texts, now)
+        except (OperationalError, InterfaceError):
+            if not had_connection:
+                raise
+            log.warning("The checker's database connection was lost; reading again on a new one")
+            connection.close()
+            return self._decide(jobs, texts, now)
 
     def _decide(self, jobs: list[AuthJob], texts: list[tuple[str, str]], now: datetime) -> list[Outcome]:
         failures = self._failure_counts(jobs, now)

@@ -180,3 +180,21 @@ def test_a_record_the_database_refuses_is_logged_and_holds_up_nothing(
     assert timed_auth(gateway)[0] == "235 2.7.0 Authentication successful"
     gateway.settle()
     assert AuthAttempt.objects.filter(reason="OK").count() == 36
+
+
+def test_the_first_auth_after_an_outage_nobody_saw_succeeds(gateway_factory: Any, scenarios: None) -> None:
+    """The checker's connection dies with the outage; its next read reconnects
+    at once instead of answering that AUTH 454."""
+    from django.db import connection
+
+    from tests.dbfaults import postgresql_outage
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL (CI runs the suite on it too): a connection that dies while idle")
+    gateway = gateway_factory()
+    assert timed_auth(gateway)[0] == "235 2.7.0 Authentication successful"  # the checker has its connection
+    with postgresql_outage():
+        pass  # every gateway connection terminated, and no AUTH meanwhile
+    assert timed_auth(gateway)[0] == "235 2.7.0 Authentication successful"
+    gateway.settle()
+    assert not AuthAttempt.objects.filter(reason="TEMPORARY_FAILURE").exists()
