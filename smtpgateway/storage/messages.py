@@ -122,10 +122,16 @@ def author_problem(headers: EmailMessage | None, inbox_email: str) -> str | None
     if headers is None:
         return "From"
     try:
-        authors = [value for name, value in headers.raw_items() if name.lower() == "from"]
+        authors: list[str] = []
+        senders: list[str] = []
+        for name, value in headers.raw_items():  # one pass, values unparsed
+            lowered = name.lower()
+            if lowered == "from":
+                authors.append(value)
+            elif lowered == "sender":
+                senders.append(value)
         if len(authors) != 1 or not _names_only(authors[0], inbox_email):
             return "From"
-        senders = [value for name, value in headers.raw_items() if name.lower() == "sender"]
         if senders and (len(senders) != 1 or not _names_only(senders[0], inbox_email)):
             return "Sender"
     except Exception:  # a header the parser cannot read

@@ -65,8 +65,6 @@ def take_hold(job: HoldJob, now: datetime) -> Held | LimitReached:
         inbox_count, organization_count = _count(
             cursor, statements, job.inbox_pk if job.inbox_limit else None, job.organization_pk, now, connection
         )
-        if not job.organization_limit:
-            organization_count = 0
         for scope, count, limit in (
             (INBOX, inbox_count, job.inbox_limit),
             (ORGANIZATION, organization_count, job.organization_limit),
