@@ -298,13 +298,16 @@ def test_address_filters_still_work(admin_client) -> None:  # type: ignore[no-un
 def test_foreign_key_reads_use_the_partial_indexes(admin_client) -> None:  # type: ignore[no-untyped-def]
     """AuthAttempt's foreign-key indexes leave out NULL (most failed attempts have
     no inbox, key or organization). What reads through them still finds them: the
-    admin's organization filter, and deleting an inbox or key (SET_NULL)."""
+    admin's organization filter, and deleting an inbox or key (SET_NULL). For the
+    filter it is the changelist's count that must read through the index: its page
+    of rows may walk the created_at index newest-first instead, which the planner
+    picks when the organization holds most rows (as it does here, once analyzed)."""
     make_history(3)
     Message.objects.all().delete()  # they protect the inbox
     statements: list[tuple[str, tuple[Any, ...]]] = []
 
     def capture(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
-        if "smtpgateway_authattempt" in sql and "COUNT" not in sql:
+        if "smtpgateway_authattempt" in sql and ("COUNT" in sql) == sql.startswith("SELECT"):
             statements.append((sql, tuple(params or ())))
         return execute(sql, params, many, context)
 
@@ -321,6 +324,8 @@ def test_foreign_key_reads_use_the_partial_indexes(admin_client) -> None:  # typ
             # Three rows: a scan would be cheaper. For the session, not SET LOCAL,
             # which does nothing when the test's connection is in autocommit.
             cursor.execute("SET enable_seqscan = off")
+            # The plan must not hang on statistics an earlier test left (or none).
+            cursor.execute("ANALYZE smtpgateway_authattempt")
         try:
             for index, verb in readers.items():
                 column = index.removeprefix("authattempt_") + "_id"
