@@ -26,7 +26,9 @@ Options: --seconds N per cell (default 3), --quick (2 concurrencies, 1 s; writes
 var/bench/benchmarks.md instead), --metrics (our servers count and serve metrics,
 SMTP_METRICS_PORT), --metrics-cost (only this: the AUTH cells of two SQLite
 gateways, one without metrics and one with them and scraped once a cell,
-alternating; prints the ratios).
+alternating; prints the ratios), --against REV (only this: the SQLite cells at
+64 connections of this tree and of git revision REV, alternating, in both start
+orders; prints the ratios and each thread's CPU per session).
 """
 
 from __future__ import annotations
@@ -132,12 +134,17 @@ def build_loadgen() -> None:
     subprocess.run(["gcc", "-O2", "-o", str(LOADGEN), str(ROOT / "bench" / "smtpload.c")], check=True)
 
 
-def prepare_database(url: str) -> None:
+def prepare_database(url: str, root: Path = ROOT) -> None:
     """Migrate, load the demo data, and start with no records (earlier runs' failed
     attempts would otherwise trip the AUTH rate limit). Emptied with Django's
     flush SQL, which is TRUNCATE on PostgreSQL: a DELETE would leave the last run's
-    rows dead for autovacuum to clean up while this run measures."""
+    rows dead for autovacuum to clean up while this run measures. ``root`` is
+    another revision's tree (--against): its own migrations, on a new database."""
     env = {**os.environ, **GATEWAY_ENV, "DATABASE_URL": url}
+    if root != ROOT:
+        for args in (["migrate", "--noinput", "-v0"], ["loaddata", "scenarios", "-v0"]):
+            subprocess.run([sys.executable, "manage.py", *args], cwd=root, env=env, check=True)
+        return
     empty = (
         "from django.core.management.color import no_style; from django.db import connection; "
         "from smtpgateway.models import AuthAttempt as A; from inboxes.models import Message as M; "
@@ -145,7 +152,7 @@ def prepare_database(url: str) -> None:
         "connection.ops.execute_sql_flush(connection.ops.sql_flush(no_style(), "
         "[D._meta.db_table, R._meta.db_table, A._meta.db_table, M._meta.db_table], allow_cascade=True))"
     )
-    for args in (["migrate", "--noinput", "-v0"], ["loaddata", "scenarios", "-v0"], ["shell", "-c", empty]):
+    for args in (["migrate", "--noinput", "-v0"], ["loaddata", "scenarios", "-v0"], ["shell", "-v0", "-c", empty]):
         subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True)
 
 
@@ -174,7 +181,7 @@ def _cpu_seconds(stat: Path) -> float:
 
 
 class Server:
-    def __init__(self, label: str, command: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, label: str, command: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
         self.label = label
         self.port = free_port()
         if METRICS and "reference" not in label:
@@ -184,7 +191,7 @@ class Server:
             pinned(
                 SERVER_CPU, [*command, str(self.port)] if "reference" in label else [*command, "--port", str(self.port)]
             ),
-            cwd=ROOT,
+            cwd=cwd,
             env={**os.environ, **(env or {})},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -652,6 +659,74 @@ def metrics_cost(seconds: float, rounds: int) -> None:
             server.stop()
 
 
+def against(revision: str, seconds: float, rounds: int) -> None:
+    """The SQLite cells at 64 connections of this tree against another revision's
+    (``git archive`` into var/bench, run with this virtualenv), each its own
+    database, alternating short cells (ABBA...) as metrics_cost does. Whichever
+    gateway starts second reads a few per cent slow against the same code, so
+    the comparison runs twice, each started first once; the table gives the
+    median ratio of each order."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", revision], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    tree = BUILD / f"against-{commit}"
+    if not (tree / "manage.py").exists():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    roots = {"this tree": ROOT, commit: tree}
+    orders = [["this tree", commit], [commit, "this tree"]]
+    scenarios = [SCENARIOS[0], SCENARIOS[2], SCENARIOS[3]]
+    ratios: dict[str, list[float]] = {}
+    for order in orders:
+        servers: dict[str, Server] = {}
+        try:
+            for label in order:
+                database = BUILD / f"against-{'main' if label == 'this tree' else commit}.sqlite3"
+                for stale in BUILD.glob(database.name + "*"):
+                    stale.unlink()
+                url = f"sqlite:///{database}"
+                prepare_database(url, roots[label])
+                servers[label] = Server(
+                    label,
+                    [sys.executable, "manage.py", "runsmtp"],
+                    {**GATEWAY_ENV, "DATABASE_URL": url},
+                    cwd=roots[label],
+                )
+            for scenario in scenarios:
+                pairs = alternating(
+                    functools.partial(run_cell, servers[commit], scenario, 64, seconds),
+                    functools.partial(run_cell, servers["this tree"], scenario, 64, seconds),
+                    rounds,
+                )
+                rates = [b["rate"] / a["rate"] for a, b in pairs]
+                cpus = [b["cpu_ms"] / a["cpu_ms"] for a, b in pairs]
+                ratios.setdefault(scenario.name, []).append(statistics.median(rates))
+                print(
+                    f"{scenario.name:10} started first: {order[0]:9}  sessions/s this ÷ {commit}: median "
+                    f"{statistics.median(rates):.3f} ({min(rates):.3f}-{max(rates):.3f}); CPU per session "
+                    f"{statistics.median(cpus):.3f}; rates {statistics.median(a['rate'] for a, _ in pairs):.0f}"
+                    f"/{statistics.median(b['rate'] for _, b in pairs):.0f}; "
+                    f"errors {sum(a['errors'] + b['errors'] for a, b in pairs):.0f}",
+                    flush=True,
+                )
+                threads = sorted({name for a, b in pairs for name in (*a["thread_us"], *b["thread_us"])})
+                print(
+                    "           µs per session by thread, "
+                    + "; ".join(
+                        f"{name} {statistics.median(a['thread_us'].get(name, 0.0) for a, _ in pairs):.0f}"
+                        f"/{statistics.median(b['thread_us'].get(name, 0.0) for _, b in pairs):.0f}"
+                        for name in threads
+                    ),
+                    flush=True,
+                )
+        finally:
+            for server in servers.values():
+                server.stop()
+    for name, medians in ratios.items():
+        print(f"{name:10} this ÷ {commit}, the two orders: {' '.join(f'{m:.3f}' for m in medians)}", flush=True)
+
+
 def main() -> None:
     global SCALING, METRICS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -661,7 +736,12 @@ def main() -> None:
     parser.add_argument(
         "--metrics-cost", action="store_true", help="only the AUTH cells without and with metrics, alternating"
     )
-    parser.add_argument("--rounds", type=int, default=8, help="--metrics-cost: cells of each (default 8)")
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="only this: the SQLite cells at 64 connections, this tree against git revision REV, alternating",
+    )
+    parser.add_argument("--rounds", type=int, default=8, help="--metrics-cost, --against: cells of each (default 8)")
     args = parser.parse_args()
     seconds = 1.0 if args.quick else args.seconds
     concurrencies = [1, 64] if args.quick else CONCURRENCY
@@ -669,6 +749,9 @@ def main() -> None:
     build_loadgen()
     if args.metrics_cost:
         metrics_cost(seconds, args.rounds)
+        return
+    if args.against:
+        against(args.against, min(seconds, PAIRED_SECONDS), args.rounds)
         return
     METRICS = args.metrics
     python = sys.executable
