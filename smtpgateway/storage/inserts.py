@@ -29,10 +29,45 @@ def insert_rows(model: type[Model], objects: Iterable[Any], value: Callable[[Any
     """INSERT one row per object; ``value(field, object, connection)`` gives each
     column's value, ready for the driver. The primary key is left to the database."""
     connection = connections[model._default_manager.db]
-    fields, sql = _insert_statement(model, connection.vendor)
-    rows = [[value(field, obj, connection) for field in fields] for obj in objects]
+    fields, _ = _insert_statement(model, connection.vendor)
+    _write(model, [[value(field, obj, connection) for field in fields] for obj in objects])
+
+
+def insert_alike(model: type[Model], varying: tuple[str, ...], values: Iterable[tuple[Any, ...]]) -> None:
+    """INSERT one row per tuple of ``values``: the row of a new ``model()`` (its
+    defaults, prepared once per process as Django's INSERT would send them) with
+    the ``varying`` fields set from the tuple, in that order. The varying values
+    go to the driver as they are: strings, integers, or what
+    ``connection.ops`` has adapted. For rows that differ in a few fields (a
+    message's recipients): a model instance and the preparation of its fields per
+    row cost more than the INSERT."""
+    connection = connections[model._default_manager.db]
+    template, positions = _default_row(model, connection.alias, varying)
+    row = template.copy()
+    rows = []
+    for given in values:
+        for position, value in zip(positions, given, strict=True):
+            row[position] = value
+        rows.append(row.copy())
+    _write(model, rows)
+
+
+@functools.cache
+def _default_row(model: type[Model], alias: str, varying: tuple[str, ...]) -> tuple[list[Any], list[int]]:
+    """A new instance's prepared row, and where the ``varying`` fields are in it.
+    The caller copies the row it fills (each thread its own copy per call)."""
+    connection = connections[alias]
+    fields, _ = _insert_statement(model, connection.vendor)
+    template = model()
+    row = [None if field.name in varying else prepared_value(field, template, connection) for field in fields]
+    return row, [next(n for n, field in enumerate(fields) if field.name == name) for name in varying]
+
+
+def _write(model: type[Model], rows: list[list[Any]]) -> None:
     if not rows:
         return
+    connection = connections[model._default_manager.db]
+    _, sql = _insert_statement(model, connection.vendor)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             # psycopg's own COPY object: wrapped, so a failure is a Django

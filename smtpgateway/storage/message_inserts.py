@@ -31,14 +31,13 @@ from django.utils import timezone as django_timezone
 
 from delivery.models import Recipient
 from inboxes.models import Message
-from smtpgateway.storage.inserts import adapting_only, insert_rows
+from smtpgateway.storage.inserts import adapting_only, insert_alike, insert_rows
 
 LARGE_MESSAGE = 256 * 1024
 CHUNK = 256 * 1024
 # The fields Django must adapt (JSON, binary, dates and auto_now_add); the others
 # are strings and integers the drivers take as they are.
 _message_value = adapting_only("envelope_to", "raw", "created_at")
-_recipient_value = adapting_only("next_attempt_at", "lease_until", "finished_at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,13 +64,13 @@ def insert_messages(messages: list[NewMessage]) -> None:
     for message in messages:
         if message.large:
             _insert_large(message)
-    now = django_timezone.now()
-    recipients = [
-        Recipient(message_id=message.row.queue_id, address=address, next_attempt_at=now)
-        for message in messages
-        for address in message.row.envelope_to
-    ]
-    insert_rows(Recipient, recipients, _recipient_value)
+    # Due now; the rows differ only in message and address (each a string).
+    due = connections[Recipient.objects.db].ops.adapt_datetimefield_value(django_timezone.now())
+    insert_alike(
+        Recipient,
+        ("message", "address", "next_attempt_at"),
+        ((message.row.queue_id, address, due) for message in messages for address in message.row.envelope_to),
+    )
 
 
 def _insert_large(message: NewMessage) -> None:

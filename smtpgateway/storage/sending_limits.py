@@ -24,7 +24,6 @@ it counted that long, no longer.
 from __future__ import annotations
 
 import functools
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -156,24 +155,38 @@ def _statements(vendor: str) -> _Statements:
 
 def tally(sent: list[tuple[int, int, int]], now: datetime) -> None:
     """Add ``sent`` ((inbox, organization, recipients) per message) to this
-    minute's tallies: one statement per row (inbox or organization), raising
-    the row if it is there (inside the committer's transaction)."""
-    by_owner: Counter[tuple[str, int]] = Counter()
+    minute's tallies: one statement for the batch, raising each row (inbox or
+    organization) that is there (inside the committer's transaction). Every
+    batch with a message runs it, limits or none: its Python cost counted per
+    batch (docs/performance.md), so the statement is written once per size."""
+    by_owner: dict[tuple[str, int], int] = {}
     for inbox_pk, organization_pk, recipients in sent:
-        by_owner[(INBOX, inbox_pk)] += recipients
-        by_owner[(ORGANIZATION, organization_pk)] += recipients
+        by_owner[(INBOX, inbox_pk)] = by_owner.get((INBOX, inbox_pk), 0) + recipients
+        key = (ORGANIZATION, organization_pk)
+        by_owner[key] = by_owner.get(key, 0) + recipients
     if not by_owner:
         return
     connection = connections[SendingTally.objects.db]
-    quote = connection.ops.quote_name
-    table = quote(SendingTally._meta.db_table)
     minute = connection.ops.adapt_datetimefield_value(minute_of(now))
-    sql = (
-        f"INSERT INTO {table} (scope, owner_id, minute, recipients) VALUES (%s, %s, %s, %s) "
+    params: list[Any] = []
+    # Sorted, so that two committers raising the same rows lock them in one order.
+    for (scope, owner), count in sorted(by_owner.items()):
+        params += (scope, owner, minute, count)
+    with connection.cursor() as cursor:
+        cursor.execute(_tally_statement(len(by_owner)), params)
+
+
+@functools.cache
+def _tally_statement(rows: int) -> str:
+    """One INSERT of ``rows`` tallies, each raised where it exists (the rows'
+    keys differ: one statement may not update a row twice)."""
+    connection = connections[SendingTally.objects.db]
+    table = connection.ops.quote_name(SendingTally._meta.db_table)
+    values = ", ".join(["(%s, %s, %s, %s)"] * rows)
+    return (
+        f"INSERT INTO {table} (scope, owner_id, minute, recipients) VALUES {values} "
         f"ON CONFLICT (scope, owner_id, minute) DO UPDATE SET recipients = {table}.recipients + excluded.recipients"
     )
-    with connection.cursor() as cursor:
-        cursor.executemany(sql, [(scope, owner, minute, count) for (scope, owner), count in sorted(by_owner.items())])
 
 
 def seconds_until_room(scope: str, job: HoldJob, now: datetime) -> float:
