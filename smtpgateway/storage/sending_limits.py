@@ -172,17 +172,25 @@ def tally(sent: list[tuple[int, int, int]], now: datetime) -> None:
     # Sorted, so that two committers raising the same rows lock them in one order.
     for (scope, owner), count in sorted(by_owner.items()):
         params += (scope, owner, minute, count)
+    sql = _tally_statement(connection.vendor, len(by_owner))
+    if connection.vendor == "sqlite":  # the driver's own, as smtpgateway.storage.inserts writes rows
+        connection.ensure_connection()
+        with connection.wrap_database_errors:
+            connection.connection.execute(sql, params)
+        return
     with connection.cursor() as cursor:
-        cursor.execute(_tally_statement(len(by_owner)), params)
+        cursor.execute(sql, params)
 
 
 @functools.cache
-def _tally_statement(rows: int) -> str:
+def _tally_statement(vendor: str, rows: int) -> str:
     """One INSERT of ``rows`` tallies, each raised where it exists (the rows'
-    keys differ: one statement may not update a row twice)."""
+    keys differ: one statement may not update a row twice); in sqlite3's "?"
+    style on SQLite."""
     connection = connections[SendingTally.objects.db]
     table = connection.ops.quote_name(SendingTally._meta.db_table)
-    values = ", ".join(["(%s, %s, %s, %s)"] * rows)
+    placeholder = "?" if vendor == "sqlite" else "%s"
+    values = ", ".join([f"({', '.join([placeholder] * 4)})"] * rows)
     return (
         f"INSERT INTO {table} (scope, owner_id, minute, recipients) VALUES {values} "
         f"ON CONFLICT (scope, owner_id, minute) DO UPDATE SET recipients = {table}.recipients + excluded.recipients"
