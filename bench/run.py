@@ -365,7 +365,7 @@ def memory_profile(server: Server) -> dict[str, float]:
     time.sleep(1)
     before = server.status_kib("VmRSS")
     hwm_before = server.status_kib("VmHWM")
-    body = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 10200  # just under 10 MiB
+    body = b"From: test@agentmail.dev\r\nSubject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 10200  # just under 10 MiB
     with smtplib.SMTP("127.0.0.1", server.port, timeout=120) as client:
         client.login(INBOX, KEY)
         client.sendmail("test@agentmail.dev", ["bench@example.com"], body)
