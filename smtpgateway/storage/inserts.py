@@ -58,6 +58,12 @@ def _default_row(model: type[Model], alias: str, varying: tuple[str, ...]) -> tu
     The caller copies the row it fills (each thread its own copy per call)."""
     connection = connections[alias]
     fields, _ = _insert_statement(model, connection.vendor)
+    for field in fields:
+        # Kept for the process: a value made per row would be made only once.
+        made_per_row = getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False)
+        per_row = made_per_row or (field.has_default() and callable(field.default))
+        if per_row and field.name not in varying:
+            raise ValueError(f"{model.__name__}.{field.name} takes a new value per row: name it in varying")
     template = model()
     row = [None if field.name in varying else prepared_value(field, template, connection) for field in fields]
     return row, [next(n for n, field in enumerate(fields) if field.name == name) for name in varying]
@@ -68,23 +74,35 @@ def _write(model: type[Model], rows: list[list[Any]]) -> None:
         return
     connection = connections[model._default_manager.db]
     _, sql = _insert_statement(model, connection.vendor)
-    if connection.vendor == "sqlite":
-        # The driver's own executemany, the statement already in its "?" style:
-        # Django's cursor (made per call) and its rewriting of the statement
-        # cost as much as inserting a batch's few rows. Wrapped, so a failure is
-        # a Django DatabaseError (IntegrityError included) like any other.
-        connection.ensure_connection()
-        with connection.wrap_database_errors:
-            connection.connection.executemany(sql, rows)
-        return
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # psycopg's own COPY object: wrapped, as above.
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            # psycopg's own COPY object: wrapped, so a failure is a Django
+            # DatabaseError (IntegrityError included) like any other.
             with connection.wrap_database_errors, cursor.cursor.copy(sql) as copy:
                 for row in rows:
                     copy.write_row(row)
-        else:
-            cursor.executemany(sql, rows)
+    else:
+        execute(connection, sql, rows, many=True)
+
+
+def placeholder(vendor: str) -> str:
+    """The parameter marker of a statement that :func:`execute` runs."""
+    return "?" if vendor == "sqlite" else "%s"
+
+
+def execute(connection: Any, sql: str, params: list[Any], many: bool = False) -> None:
+    """Run one of the committer's own statements (written with
+    :func:`placeholder`) in the caller's transaction. On SQLite on the driver's
+    connection: Django's cursor, made per call, and its rewriting of ``%s`` to
+    ``?`` cost as much as inserting a batch's few rows. Wrapped, so a failure is
+    a Django DatabaseError (IntegrityError included) like any other."""
+    if connection.vendor == "sqlite":
+        connection.ensure_connection()
+        with connection.wrap_database_errors:
+            (connection.connection.executemany if many else connection.connection.execute)(sql, params)
+        return
+    with connection.cursor() as cursor:
+        (cursor.executemany if many else cursor.execute)(sql, params)
 
 
 @functools.cache
@@ -95,8 +113,7 @@ def _insert_statement(model: type[Model], vendor: str) -> tuple[list[AnyField], 
     table, columns = quote(model._meta.db_table), ", ".join(quote(field.column) for field in fields)
     if vendor == "postgresql":
         return fields, f"COPY {table} ({columns}) FROM STDIN"
-    placeholder = "?" if vendor == "sqlite" else "%s"  # sqlite3's own style (see _write)
-    return fields, f"INSERT INTO {table} ({columns}) VALUES ({', '.join([placeholder] * len(fields))})"
+    return fields, f"INSERT INTO {table} ({columns}) VALUES ({', '.join([placeholder(vendor)] * len(fields))})"
 
 
 def prepared_value(field: AnyField, instance: Model, connection: Any) -> Any:

@@ -64,7 +64,7 @@ def insert_messages(messages: list[NewMessage]) -> None:
     for message in messages:
         if message.large:
             _insert_large(message)
-    # Due now; the rows differ only in message and address (each a string).
+    # The rows differ only in message and address (strings) and when they are due (now, adapted once).
     due = connections[Recipient.objects.db].ops.adapt_datetimefield_value(django_timezone.now())
     insert_alike(
         Recipient,

@@ -31,6 +31,7 @@ from typing import Any
 from django.db import connections
 
 from inboxes.models import Inbox, Organization, RecipientHold, SendingTally
+from smtpgateway.storage.inserts import execute, placeholder
 from smtpgateway.storage.jobs import Held, HoldJob, LimitReached
 
 WINDOW = timedelta(hours=24)
@@ -161,9 +162,8 @@ def tally(sent: list[tuple[int, int, int]], now: datetime) -> None:
     batch (docs/performance.md), so the statement is written once per size."""
     by_owner: dict[tuple[str, int], int] = {}
     for inbox_pk, organization_pk, recipients in sent:
-        by_owner[(INBOX, inbox_pk)] = by_owner.get((INBOX, inbox_pk), 0) + recipients
-        key = (ORGANIZATION, organization_pk)
-        by_owner[key] = by_owner.get(key, 0) + recipients
+        for key in ((INBOX, inbox_pk), (ORGANIZATION, organization_pk)):
+            by_owner[key] = by_owner.get(key, 0) + recipients
     if not by_owner:
         return
     connection = connections[SendingTally.objects.db]
@@ -172,25 +172,16 @@ def tally(sent: list[tuple[int, int, int]], now: datetime) -> None:
     # Sorted, so that two committers raising the same rows lock them in one order.
     for (scope, owner), count in sorted(by_owner.items()):
         params += (scope, owner, minute, count)
-    sql = _tally_statement(connection.vendor, len(by_owner))
-    if connection.vendor == "sqlite":  # the driver's own, as smtpgateway.storage.inserts writes rows
-        connection.ensure_connection()
-        with connection.wrap_database_errors:
-            connection.connection.execute(sql, params)
-        return
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    execute(connection, _tally_statement(connection.vendor, len(by_owner)), params)
 
 
 @functools.cache
 def _tally_statement(vendor: str, rows: int) -> str:
     """One INSERT of ``rows`` tallies, each raised where it exists (the rows'
-    keys differ: one statement may not update a row twice); in sqlite3's "?"
-    style on SQLite."""
+    keys differ: one statement may not update a row twice)."""
     connection = connections[SendingTally.objects.db]
     table = connection.ops.quote_name(SendingTally._meta.db_table)
-    placeholder = "?" if vendor == "sqlite" else "%s"
-    values = ", ".join([f"({', '.join([placeholder] * 4)})"] * rows)
+    values = ", ".join([f"({', '.join([placeholder(vendor)] * 4)})"] * rows)
     return (
         f"INSERT INTO {table} (scope, owner_id, minute, recipients) VALUES {values} "
         f"ON CONFLICT (scope, owner_id, minute) DO UPDATE SET recipients = {table}.recipients + excluded.recipients"

@@ -307,7 +307,7 @@ def test_foreign_key_reads_use_the_partial_indexes(admin_client) -> None:  # typ
     statements: list[tuple[str, tuple[Any, ...]]] = []
 
     def capture(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
-        if "smtpgateway_authattempt" in sql and ("COUNT" in sql) == sql.startswith("SELECT"):
+        if "smtpgateway_authattempt" in sql and sql.startswith(("SELECT COUNT", "UPDATE")):
             statements.append((sql, tuple(params or ())))
         return execute(sql, params, many, context)
 

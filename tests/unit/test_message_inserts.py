@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from delivery.models import Recipient
 from inboxes.models import Inbox, Message, Organization, SendingTally
+from smtpgateway.storage.inserts import insert_alike
 from smtpgateway.storage.message_inserts import NewMessage, insert_messages
 from smtpgateway.storage.sending_limits import INBOX, ORGANIZATION, minute_of, tally
 
@@ -75,3 +76,10 @@ def test_tallies_add_up_per_owner_within_the_minute() -> None:
         (INBOX, valid.pk, next_minute): 10,
         (ORGANIZATION, valid.organization_id, next_minute): 10,
     }
+
+
+def test_rows_alike_refuse_a_field_made_per_row() -> None:
+    """The prepared row is kept for the process: an ``auto_now_add`` time (or a
+    callable default) in it would be the first row's for every later one."""
+    with pytest.raises(ValueError, match="Message.created_at takes a new value per row"):
+        insert_alike(Message, ("queue_id",), [("Q1",)])
