@@ -312,6 +312,13 @@ def paired_ratio(
         lambda: run_cell(server, other, concurrency, seconds),
         rounds,
     )
+    return pair_summary(pairs)
+
+
+def pair_summary(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """Rounds of (A, B) cells: the median ratio B ÷ A of sessions/s and of CPU
+    per session, each with its range; the errors; each side's median
+    sessions/s; and each thread's median µs per session (A, B)."""
     rates = [b["rate"] / a["rate"] for a, b in pairs]
     cpus = [b["cpu_ms"] / a["cpu_ms"] for a, b in pairs]
     errors = sum(a["errors"] + b["errors"] for a, b in pairs)
@@ -328,9 +335,12 @@ def paired_ratio(
         "low": min(rates),
         "high": max(rates),
         "cpu": statistics.median(cpus),
+        "cpu_low": min(cpus),
+        "cpu_high": max(cpus),
         "errors": errors,
-        "rounds": rounds,
+        "rounds": len(pairs),
         "threads": threads,
+        "rates": (statistics.median(a["rate"] for a, _ in pairs), statistics.median(b["rate"] for _, b in pairs)),
     }
 
 
@@ -644,14 +654,12 @@ def metrics_cost(seconds: float, rounds: int) -> None:
                     functools.partial(cell, "with", scenario, concurrency),
                     rounds,
                 )
-                rates = [b["rate"] / a["rate"] for a, b in pairs]
-                cpus = [b["cpu_ms"] / a["cpu_ms"] for a, b in pairs]
+                pair = pair_summary(pairs)
                 print(
-                    f"{scenario.name:10} c={concurrency:<3} sessions/s with ÷ without: median {statistics.median(rates):.3f} "
-                    f"({min(rates):.3f}-{max(rates):.3f}); CPU per session: median {statistics.median(cpus):.3f} "
-                    f"({min(cpus):.3f}-{max(cpus):.3f}); rates without/with "
-                    f"{statistics.median(a['rate'] for a, _ in pairs):.0f}/{statistics.median(b['rate'] for _, b in pairs):.0f}; "
-                    f"errors {sum(a['errors'] + b['errors'] for a, b in pairs):.0f}",
+                    f"{scenario.name:10} c={concurrency:<3} sessions/s with ÷ without: median {pair['rate']:.3f} "
+                    f"({pair['low']:.3f}-{pair['high']:.3f}); CPU per session: median {pair['cpu']:.3f} "
+                    f"({pair['cpu_low']:.3f}-{pair['cpu_high']:.3f}); rates without/with "
+                    f"{pair['rates'][0]:.0f}/{pair['rates'][1]:.0f}; errors {pair['errors']:.0f}",
                     flush=True,
                 )
     finally:
@@ -699,25 +707,14 @@ def against(revision: str, seconds: float, rounds: int) -> None:
                     functools.partial(run_cell, servers["this tree"], scenario, 64, seconds),
                     rounds,
                 )
-                rates = [b["rate"] / a["rate"] for a, b in pairs]
-                cpus = [b["cpu_ms"] / a["cpu_ms"] for a, b in pairs]
-                ratios.setdefault(scenario.name, []).append(statistics.median(rates))
+                pair = pair_summary(pairs)
+                ratios.setdefault(scenario.name, []).append(pair["rate"])
                 print(
                     f"{scenario.name:10} started first: {order[0]:9}  sessions/s this ÷ {commit}: median "
-                    f"{statistics.median(rates):.3f} ({min(rates):.3f}-{max(rates):.3f}); CPU per session "
-                    f"{statistics.median(cpus):.3f}; rates {statistics.median(a['rate'] for a, _ in pairs):.0f}"
-                    f"/{statistics.median(b['rate'] for _, b in pairs):.0f}; "
-                    f"errors {sum(a['errors'] + b['errors'] for a, b in pairs):.0f}",
-                    flush=True,
-                )
-                threads = sorted({name for a, b in pairs for name in (*a["thread_us"], *b["thread_us"])})
-                print(
+                    f"{pair['rate']:.3f} ({pair['low']:.3f}-{pair['high']:.3f}); CPU per session {pair['cpu']:.3f}; "
+                    f"rates {pair['rates'][0]:.0f}/{pair['rates'][1]:.0f}; errors {pair['errors']:.0f}\n"
                     "           µs per session by thread, "
-                    + "; ".join(
-                        f"{name} {statistics.median(a['thread_us'].get(name, 0.0) for a, _ in pairs):.0f}"
-                        f"/{statistics.median(b['thread_us'].get(name, 0.0) for _, b in pairs):.0f}"
-                        for name in threads
-                    ),
+                    + "; ".join(f"{name} {a:.0f}/{b:.0f}" for name, (a, b) in pair["threads"].items()),
                     flush=True,
                 )
         finally:
